@@ -1,0 +1,25 @@
+//! pgrouter: a PostgreSQL connection pooler and read/write router.
+//!
+//! Data flows one way, and so do the imports:
+//!
+//! ```text
+//! client socket -> listener -> session ----> client   (startup, auth)
+//!                                 |  \-----> router   (which node)
+//!                                 |  \-----> pool     (a server connection) -> server
+//!                                 \--- relay: client bytes <-> server bytes
+//! ```
+//!
+//! `protocol` is a pure codec both directions use; `config` and `auth` hold
+//! no I/O. See docs/ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cancel;
+pub mod client;
+pub mod config;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;

@@ -1,0 +1,48 @@
+//! Accepting clients: the connection limit, accept errors, and one task
+//! per client.
+
+use crate::client::send_fatal;
+use crate::protocol::backend::sqlstate;
+use crate::session::{self, Shared};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let limit = Arc::new(Semaphore::new(shared.config.server.max_client_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(error) => {
+                // Out of file descriptors, mostly: wait for some to free up
+                // instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing client: max_client_connections reached");
+            tokio::spawn(async move {
+                send_fatal(
+                    &mut stream,
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "no more connections allowed: too many clients (max_client_connections)",
+                )
+                .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            session::run(shared, stream, peer).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,74 @@
+//! deadpool's `Manager` for server connections: how to open one for a pool,
+//! and whether an idle one may be handed out again.
+
+use crate::config::Address;
+use crate::server::{self, ConnectParams, ServerConn, ServerError};
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use parking_lot::RwLock;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything needed to open a server connection for one pool.
+pub struct ServerManager {
+    pub node: Arc<str>,
+    pub address: Address,
+    pub user: String,
+    pub database: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    /// The ParameterStatus set of the newest connection, replayed to
+    /// clients at login as a real server would send it.
+    pub params: RwLock<Option<Arc<[(String, String)]>>>,
+}
+
+impl ServerManager {
+    /// Whether an idle connection has outlived `server_lifetime` or
+    /// `server_idle_timeout`.
+    pub fn expired(&self, conn: &ServerConn, metrics: &Metrics) -> bool {
+        metrics.age() >= self.lifetime || conn.idle_since.elapsed() >= self.idle_timeout
+    }
+}
+
+impl deadpool::managed::Manager for ServerManager {
+    type Type = ServerConn;
+    type Error = ServerError;
+
+    async fn create(&self) -> Result<ServerConn, ServerError> {
+        let result = server::connect(ConnectParams {
+            address: &self.address,
+            node: self.node.clone(),
+            user: &self.user,
+            database: &self.database,
+            password: self.password.as_deref(),
+            timeout: self.connect_timeout,
+        })
+        .await;
+        match &result {
+            Ok(conn) => *self.params.write() = Some(conn.params().into()),
+            Err(error) => tracing::warn!(
+                node = %self.node,
+                database = %self.database,
+                user = %self.user,
+                %error,
+                "cannot open a server connection"
+            ),
+        }
+        result
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<ServerError> {
+        if !conn.is_reusable() {
+            return Err(RecycleError::message("connection is not clean"));
+        }
+        if self.expired(conn, metrics) {
+            return Err(RecycleError::message("connection expired"));
+        }
+        Ok(())
+    }
+}

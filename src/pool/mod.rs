@@ -1,0 +1,218 @@
+//! Server connection pools: one per database, user and node.
+//!
+//! A pool never sees a client. The session checks a connection out, does
+//! its I/O itself, and gives it back with `release`, which keeps it only
+//! when nothing of the client is left on it.
+
+mod maintain;
+mod manager;
+
+pub use maintain::{maintain, top_up};
+pub use manager::ServerManager;
+
+use crate::config::{Config, NodeConfig, NodeRole, PoolSettings};
+use crate::server::ServerError;
+use deadpool::managed::{Object, PoolError, QueueMode, Timeouts};
+use deadpool::Runtime;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+
+pub type PooledServer = Object<ServerManager>;
+
+#[derive(Debug, Error)]
+pub enum CheckoutError {
+    #[error("no server connection in pool {pool} became free within {waited:?}")]
+    Timeout { pool: String, waited: Duration },
+    #[error("cannot open a server connection for pool {pool}: {source}")]
+    Server { pool: String, source: ServerError },
+    #[error("pool {pool} is closed")]
+    Closed { pool: String },
+}
+
+/// The connections to one node for one database and user.
+pub struct Pool {
+    /// "database/user@node", as logs and errors name it.
+    pub name: String,
+    pub role: NodeRole,
+    pub settings: PoolSettings,
+    inner: deadpool::managed::Pool<ServerManager>,
+}
+
+impl Pool {
+    fn new(
+        node: &NodeConfig,
+        database: &str,
+        client_database: &str,
+        user: &str,
+        password: Option<&str>,
+        settings: PoolSettings,
+    ) -> Pool {
+        let manager = ServerManager {
+            node: node.name.get_ref().as_str().into(),
+            address: node.address.clone(),
+            user: user.to_owned(),
+            database: database.to_owned(),
+            password: password.map(str::to_owned),
+            connect_timeout: settings.server_connect_timeout,
+            lifetime: settings.server_lifetime,
+            idle_timeout: settings.server_idle_timeout,
+            params: Default::default(),
+        };
+        let inner = deadpool::managed::Pool::builder(manager)
+            .max_size(settings.max_connections)
+            // Most recently used first: the hot connections stay warm and
+            // the rest reach server_idle_timeout and close.
+            .queue_mode(QueueMode::Lifo)
+            .wait_timeout(Some(settings.checkout_timeout))
+            .create_timeout(Some(settings.server_connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build();
+        let inner = match inner {
+            Ok(inner) => inner,
+            Err(error) => unreachable!("a runtime is set, so the build cannot fail: {error}"),
+        };
+        Pool {
+            name: format!("{client_database}/{user}@{}", node.name.get_ref()),
+            role: *node.role.get_ref(),
+            settings,
+            inner,
+        }
+    }
+
+    /// A server connection for one transaction or session, waiting in FIFO
+    /// order up to `checkout_timeout`.
+    pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
+        self.inner
+            .get()
+            .await
+            .map_err(|error| self.checkout_error(error))
+    }
+
+    /// Like `checkout`, but gives up at once when none is free.
+    pub(crate) async fn try_checkout(&self) -> Result<PooledServer, CheckoutError> {
+        let timeouts = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(self.settings.server_connect_timeout),
+            recycle: None,
+        };
+        self.inner
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|error| self.checkout_error(error))
+    }
+
+    fn checkout_error(&self, error: PoolError<ServerError>) -> CheckoutError {
+        let pool = self.name.clone();
+        match error {
+            PoolError::Backend(source) => CheckoutError::Server { pool, source },
+            PoolError::Closed | PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                CheckoutError::Closed { pool }
+            }
+            PoolError::Timeout(_) => CheckoutError::Timeout {
+                pool,
+                waited: self.settings.checkout_timeout,
+            },
+        }
+    }
+
+    /// Gives a connection back. It stays in the pool only when it is idle
+    /// and clean; otherwise it is closed and the pool opens another when
+    /// needed.
+    pub fn release(mut server: PooledServer) {
+        if server.is_reusable() {
+            server.idle_since = Instant::now();
+        } else {
+            drop(Object::take(server));
+        }
+    }
+
+    /// The ParameterStatus set a real server sends at login, opening a
+    /// connection first if none has been opened yet.
+    pub async fn server_params(&self) -> Result<Arc<[(String, String)]>, CheckoutError> {
+        if let Some(params) = self.inner.manager().params.read().clone() {
+            return Ok(params);
+        }
+        let server = self.checkout().await?;
+        let params: Arc<[(String, String)]> = server.params().into();
+        Pool::release(server);
+        Ok(params)
+    }
+
+    pub fn manager(&self) -> &ServerManager {
+        self.inner.manager()
+    }
+
+    pub fn status(&self) -> deadpool::Status {
+        self.inner.status()
+    }
+
+    /// Closes idle connections that have expired.
+    fn retire_expired(&self) -> usize {
+        let manager = self.inner.manager();
+        self.inner
+            .retain(|conn, metrics| !manager.expired(conn, &metrics))
+            .removed
+            .len()
+    }
+}
+
+/// The pools of one database and user, one per node (only the primary
+/// until routing to replicas arrives).
+pub struct PoolSet {
+    pub nodes: Vec<Arc<Pool>>,
+}
+
+impl PoolSet {
+    pub fn primary(&self) -> &Arc<Pool> {
+        // Validation guarantees exactly one primary, and new() puts it first.
+        &self.nodes[0]
+    }
+}
+
+/// Every pool, by client database name and user name.
+pub struct Pools {
+    sets: HashMap<(String, String), Arc<PoolSet>>,
+}
+
+impl Pools {
+    pub fn new(config: &Config) -> Pools {
+        let mut sets = HashMap::new();
+        for db in &config.databases {
+            let settings = config.pool_settings(db);
+            for user in &config.users {
+                let mut nodes: Vec<&NodeConfig> = config.nodes.iter().collect();
+                nodes.sort_by_key(|node| *node.role.get_ref() != NodeRole::Primary);
+                let nodes = nodes
+                    .into_iter()
+                    .filter(|node| *node.role.get_ref() == NodeRole::Primary)
+                    .map(|node| {
+                        Arc::new(Pool::new(
+                            node,
+                            db.server_database(),
+                            db.name.get_ref(),
+                            user.name.get_ref(),
+                            user.server_password(),
+                            settings.clone(),
+                        ))
+                    })
+                    .collect();
+                sets.insert(
+                    (db.name.get_ref().clone(), user.name.get_ref().clone()),
+                    Arc::new(PoolSet { nodes }),
+                );
+            }
+        }
+        Pools { sets }
+    }
+
+    pub fn get(&self, database: &str, user: &str) -> Option<&Arc<PoolSet>> {
+        self.sets.get(&(database.to_owned(), user.to_owned()))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.sets.values().flat_map(|set| set.nodes.iter())
+    }
+}

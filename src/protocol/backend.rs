@@ -1,0 +1,198 @@
+//! Backend messages that pgrouter synthesizes itself. Replies that come from
+//! a server are forwarded as bytes and only scanned (see `scan`).
+
+use bytes::{BufMut, BytesMut};
+
+pub const AUTHENTICATION: u8 = b'R';
+pub const PARAMETER_STATUS: u8 = b'S';
+pub const BACKEND_KEY_DATA: u8 = b'K';
+pub const READY_FOR_QUERY: u8 = b'Z';
+pub const ERROR_RESPONSE: u8 = b'E';
+pub const COPY_IN_RESPONSE: u8 = b'G';
+pub const COPY_OUT_RESPONSE: u8 = b'H';
+pub const COPY_BOTH_RESPONSE: u8 = b'W';
+const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+
+/// Transaction status as ReadyForQuery reports it.
+pub const STATUS_IDLE: u8 = b'I';
+pub const STATUS_IN_TRANSACTION: u8 = b'T';
+pub const STATUS_FAILED: u8 = b'E';
+
+/// SQLSTATE codes pgrouter itself reports.
+pub mod sqlstate {
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const CONNECTION_EXCEPTION: &str = "08000";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const INTERNAL_ERROR: &str = "XX000";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Appends a message: tag, a length placeholder, the body `write` puts, and
+/// then the real length.
+fn message(buf: &mut BytesMut, tag: u8, write: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_i32(0);
+    write(buf);
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, text: &str) {
+    buf.put_slice(text.as_bytes());
+    buf.put_u8(0);
+}
+
+pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, text: &str) {
+    message(buf, ERROR_RESPONSE, |buf| {
+        for (field, value) in [
+            (b'S', severity.as_str()),
+            (b'V', severity.as_str()),
+            (b'C', code),
+            (b'M', text),
+        ] {
+            buf.put_u8(field);
+            put_cstr(buf, value);
+        }
+        buf.put_u8(0);
+    });
+}
+
+pub fn authentication_ok(buf: &mut BytesMut) {
+    message(buf, AUTHENTICATION, |buf| buf.put_i32(0));
+}
+
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    message(buf, AUTHENTICATION, |buf| {
+        buf.put_i32(5);
+        buf.put_slice(&salt);
+    });
+}
+
+pub fn authentication_sasl(buf: &mut BytesMut, mechanism: &str) {
+    message(buf, AUTHENTICATION, |buf| {
+        buf.put_i32(10);
+        put_cstr(buf, mechanism);
+        buf.put_u8(0);
+    });
+}
+
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, AUTHENTICATION, |buf| {
+        buf.put_i32(11);
+        buf.put_slice(data);
+    });
+}
+
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, AUTHENTICATION, |buf| {
+        buf.put_i32(12);
+        buf.put_slice(data);
+    });
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    message(buf, PARAMETER_STATUS, |buf| {
+        put_cstr(buf, name);
+        put_cstr(buf, value);
+    });
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
+    message(buf, BACKEND_KEY_DATA, |buf| {
+        buf.put_i32(process_id);
+        buf.put_i32(secret_key);
+    });
+}
+
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    message(buf, READY_FOR_QUERY, |buf| buf.put_u8(status));
+}
+
+/// Tells a client that asked for protocol 3.x (x > 0) or for `_pq_.`
+/// options that we speak 3.0 and ignore those options.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: &[&str]) {
+    message(buf, NEGOTIATE_PROTOCOL_VERSION, |buf| {
+        buf.put_i32(super::startup::PROTOCOL_3_0);
+        buf.put_i32(unsupported.len() as i32);
+        for option in unsupported {
+            put_cstr(buf, option);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::message::backend::Message;
+
+    #[test]
+    fn error_response_round_trips_through_postgres_protocol() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Error, "53300", "pool is busy");
+        let Some(Message::ErrorResponse(body)) = Message::parse(&mut buf).unwrap() else {
+            panic!("not an error response");
+        };
+        use fallible_iterator::FallibleIterator;
+        let fields: Vec<(u8, String)> = body
+            .fields()
+            .map(|f| {
+                Ok((
+                    f.type_(),
+                    String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                ))
+            })
+            .collect()
+            .unwrap();
+        assert!(fields.contains(&(b'C', "53300".to_owned())));
+        assert!(fields.contains(&(b'M', "pool is busy".to_owned())));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn startup_replies_round_trip() {
+        let mut buf = BytesMut::new();
+        authentication_ok(&mut buf);
+        parameter_status(&mut buf, "server_version", "15.0");
+        backend_key_data(&mut buf, 1, 2);
+        ready_for_query(&mut buf, STATUS_IDLE);
+        assert!(matches!(
+            Message::parse(&mut buf).unwrap(),
+            Some(Message::AuthenticationOk)
+        ));
+        let Some(Message::ParameterStatus(p)) = Message::parse(&mut buf).unwrap() else {
+            panic!("not a parameter status");
+        };
+        assert_eq!(p.name().unwrap(), "server_version");
+        assert_eq!(p.value().unwrap(), "15.0");
+        let Some(Message::BackendKeyData(k)) = Message::parse(&mut buf).unwrap() else {
+            panic!("not key data");
+        };
+        assert_eq!((k.process_id(), k.secret_key()), (1, 2));
+        let Some(Message::ReadyForQuery(r)) = Message::parse(&mut buf).unwrap() else {
+            panic!("not ready for query");
+        };
+        assert_eq!(r.status(), STATUS_IDLE);
+        assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! Typed frontend messages: framing, and decoding of the few we look into.
+
+use super::{read_i32, take_cstr, ProtocolError, HEADER_LEN};
+
+pub const QUERY: u8 = b'Q';
+pub const PARSE: u8 = b'P';
+pub const BIND: u8 = b'B';
+pub const DESCRIBE: u8 = b'D';
+pub const EXECUTE: u8 = b'E';
+pub const CLOSE: u8 = b'C';
+pub const SYNC: u8 = b'S';
+pub const FLUSH: u8 = b'H';
+pub const FUNCTION_CALL: u8 = b'F';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_FAIL: u8 = b'f';
+pub const TERMINATE: u8 = b'X';
+/// PasswordMessage, SASLInitialResponse and SASLResponse share this tag.
+pub const PASSWORD: u8 = b'p';
+
+/// The header of a complete message at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    /// Whole message length, tag byte included.
+    pub len: usize,
+}
+
+/// Returns the frame at the front of `buf` once all of it has arrived.
+///
+/// The length is checked against `max` as soon as the header is in, so a
+/// client cannot make us buffer more than that.
+pub fn frame(buf: &[u8], max: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(len) = declared_len(buf, max)? else {
+        return Ok(None);
+    };
+    if buf.len() < len {
+        return Ok(None);
+    }
+    Ok(Some(Frame { tag: buf[0], len }))
+}
+
+/// The whole length the message at the front of `buf` declares, tag
+/// included, once its header is in: lets a reader reserve room for it.
+pub fn declared_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let declared = read_i32(buf, 1);
+    if declared < 4 {
+        return Err(ProtocolError::InvalidLength {
+            len: declared.into(),
+        });
+    }
+    let len = declared as usize + 1;
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    Ok(Some(len))
+}
+
+/// The body of a whole message: what follows the header.
+pub fn body(message: &[u8]) -> &[u8] {
+    &message[HEADER_LEN..]
+}
+
+/// A cleartext or md5 PasswordMessage body, without its terminating NUL.
+pub fn password(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut rest = body;
+    let text = take_cstr(&mut rest, "password message")?;
+    Ok(text)
+}
+
+/// The body of SASLInitialResponse.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SaslInitialResponse<'a> {
+    pub mechanism: &'a str,
+    pub data: &'a [u8],
+}
+
+pub fn sasl_initial_response(body: &[u8]) -> Result<SaslInitialResponse<'_>, ProtocolError> {
+    const WHAT: &str = "SASLInitialResponse";
+    let mut rest = body;
+    let mechanism = take_cstr(&mut rest, WHAT)?;
+    if rest.len() < 4 {
+        return Err(ProtocolError::Malformed { what: WHAT });
+    }
+    let len = read_i32(rest, 0);
+    let data = &rest[4..];
+    if len < 0 || len as usize != data.len() {
+        return Err(ProtocolError::Malformed { what: WHAT });
+    }
+    Ok(SaslInitialResponse { mechanism, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn frames_only_complete_messages() {
+        let bytes = message(QUERY, b"select 1\0");
+        assert_eq!(frame(&bytes[..3], 100), Ok(None));
+        assert_eq!(frame(&bytes[..7], 100), Ok(None));
+        assert_eq!(
+            frame(&bytes, 100),
+            Ok(Some(Frame {
+                tag: QUERY,
+                len: bytes.len()
+            }))
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_and_negative_lengths() {
+        let bytes = message(QUERY, &[b'x'; 50]);
+        assert!(matches!(
+            frame(&bytes[..5], 20),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        assert!(frame(&[b'Q', 0xff, 0xff, 0xff, 0xff], 100).is_err());
+        assert!(frame(&[b'Q', 0, 0, 0, 3], 100).is_err());
+    }
+
+    #[test]
+    fn decodes_sasl_initial_response() {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&5i32.to_be_bytes());
+        body.extend_from_slice(b"n,,ab");
+        let parsed = sasl_initial_response(&body).unwrap();
+        assert_eq!(parsed.mechanism, "SCRAM-SHA-256");
+        assert_eq!(parsed.data, b"n,,ab");
+        body.pop();
+        assert!(sasl_initial_response(&body).is_err());
+    }
+
+    #[test]
+    fn decodes_password() {
+        assert_eq!(password(b"secret\0"), Ok("secret"));
+        assert!(password(b"secret").is_err());
+    }
+}

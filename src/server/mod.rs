@@ -1,0 +1,131 @@
+//! The PostgreSQL-facing side: one authenticated connection to a node.
+//!
+//! A `ServerConn` owns its socket and its read buffer, so the buffer lives as
+//! long as the connection in the pool, not as long as any client.
+
+mod connect;
+pub mod reset;
+pub mod state;
+
+pub use connect::{connect, ConnectParams};
+
+use crate::protocol::scan::ReplyScanner;
+use bytes::BytesMut;
+use state::ServerState;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("could not connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {address} timed out")]
+    ConnectTimeout { address: String },
+    #[error("server connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server refused us with an ErrorResponse.
+    #[error("server said: {message} ({code})")]
+    Rejected { code: String, message: String },
+    #[error("server authentication failed: {0}")]
+    Auth(String),
+    #[error("server protocol error: {0}")]
+    Protocol(String),
+}
+
+/// What a client's CancelRequest must be sent with to reach this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub address: Arc<str>,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded.
+    pub(crate) read_buf: BytesMut,
+    pub(crate) scanner: ReplyScanner,
+    pub(crate) state: ServerState,
+    /// Set when the connection may not be reused: an I/O or protocol error,
+    /// or a client that left in the middle of a request.
+    pub(crate) broken: bool,
+    pub(crate) idle_since: Instant,
+    id: u64,
+    node: Arc<str>,
+    cancel: CancelTarget,
+    params: Vec<(String, String)>,
+}
+
+impl ServerConn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        read_buf: BytesMut,
+        node: Arc<str>,
+        cancel: CancelTarget,
+        params: Vec<(String, String)>,
+    ) -> ServerConn {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            server = id,
+            node = %node,
+            backend_pid = cancel.process_id,
+            "server connection opened"
+        );
+        ServerConn {
+            stream,
+            read_buf,
+            scanner: ReplyScanner::default(),
+            state: ServerState::default(),
+            broken: false,
+            idle_since: Instant::now(),
+            id,
+            node,
+            cancel,
+            params,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn cancel_target(&self) -> &CancelTarget {
+        &self.cancel
+    }
+
+    /// The ParameterStatus values the server sent at login.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// Whether the connection can serve another client as it is.
+    pub fn is_reusable(&self) -> bool {
+        !self.broken
+            && self.state.is_idle()
+            && self.read_buf.is_empty()
+            && self.scanner.at_boundary()
+    }
+
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // A polite Terminate, if the socket takes it without waiting; the
+        // server copes with a plain close too.
+        if !self.broken {
+            let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+        }
+        tracing::info!(server = self.id, node = %self.node, "server connection closed");
+    }
+}

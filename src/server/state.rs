@@ -1,0 +1,186 @@
+//! What a server connection owes its client: the replies still to come and
+//! the transaction status. From this the session knows when the connection
+//! can go back to the pool without anything of the client left on it.
+
+use crate::protocol::backend::STATUS_IDLE;
+use crate::protocol::frontend;
+use crate::protocol::scan::Reply;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// ReadyForQuery replies still owed: one per Query, Sync and FunctionCall sent.
+    ready_owed: u32,
+    /// Extended-protocol messages were sent since the last Sync.
+    batch_open: bool,
+    /// Syncs sent since the last Execute. PostgreSQL ignores a Sync that
+    /// reaches it during COPY FROM STDIN, and libpq sends one more after
+    /// CopyDone, so these are forgiven when the copy ends.
+    syncs_since_execute: u32,
+    /// The server said CopyInResponse and the client has not ended the copy.
+    copy_in: bool,
+    /// The status of the last ReadyForQuery.
+    transaction_status: u8,
+}
+
+impl Default for ServerState {
+    fn default() -> Self {
+        ServerState {
+            ready_owed: 0,
+            batch_open: false,
+            syncs_since_execute: 0,
+            copy_in: false,
+            transaction_status: STATUS_IDLE,
+        }
+    }
+}
+
+impl ServerState {
+    /// Records a message forwarded from the client to the server.
+    pub fn on_client_message(&mut self, tag: u8) {
+        match tag {
+            frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.ready_owed += 1;
+                self.syncs_since_execute = 0;
+            }
+            frontend::SYNC => {
+                self.ready_owed += 1;
+                self.batch_open = false;
+                self.syncs_since_execute += 1;
+            }
+            frontend::EXECUTE => {
+                self.batch_open = true;
+                self.syncs_since_execute = 0;
+            }
+            frontend::COPY_DONE | frontend::COPY_FAIL if self.copy_in => {
+                self.copy_in = false;
+                self.ready_owed = self.ready_owed.saturating_sub(self.syncs_since_execute);
+                self.syncs_since_execute = 0;
+            }
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH => self.batch_open = true,
+            _ => {}
+        }
+    }
+
+    /// Records a reply the server sent.
+    pub fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::ReadyForQuery(status) => {
+                self.ready_owed = self.ready_owed.saturating_sub(1);
+                self.transaction_status = status;
+                self.copy_in = false;
+            }
+            Reply::CopyIn => self.copy_in = true,
+            _ => {}
+        }
+    }
+
+    /// Nothing is in flight: every request has been answered.
+    pub fn at_rest(&self) -> bool {
+        self.ready_owed == 0 && !self.batch_open
+    }
+
+    /// At rest and outside any transaction: the connection may serve
+    /// another client.
+    pub fn is_idle(&self) -> bool {
+        self.at_rest() && self.transaction_status == STATUS_IDLE
+    }
+
+    pub fn transaction_status(&self) -> u8 {
+        self.transaction_status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::backend::{STATUS_FAILED, STATUS_IN_TRANSACTION};
+
+    fn sent(state: &mut ServerState, tags: &[u8]) {
+        for &tag in tags {
+            state.on_client_message(tag);
+        }
+    }
+
+    #[test]
+    fn simple_query_is_idle_after_its_ready_for_query() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"Q");
+        assert!(!state.is_idle());
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn transaction_keeps_the_connection_until_it_ends() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"Q");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IN_TRANSACTION));
+        assert!(state.at_rest() && !state.is_idle());
+        sent(&mut state, b"Q");
+        state.on_reply(Reply::ReadyForQuery(STATUS_FAILED));
+        assert!(!state.is_idle());
+        sent(&mut state, b"Q");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn extended_batch_stays_until_sync_is_answered() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"PBDE");
+        assert!(!state.at_rest());
+        sent(&mut state, b"H");
+        assert!(!state.at_rest());
+        sent(&mut state, b"S");
+        assert!(!state.at_rest());
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn pipelined_queries_need_every_ready_for_query() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"PBESPBES");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(!state.is_idle());
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn sync_swallowed_by_extended_copy_is_forgiven() {
+        let mut state = ServerState::default();
+        // libpq: Parse/Bind/Describe/Execute/Sync, the data, CopyDone, Sync.
+        sent(&mut state, b"PBDES");
+        state.on_reply(Reply::CopyIn);
+        sent(&mut state, b"ddcS");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn copy_done_outside_copy_forgives_nothing() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"PBESc");
+        assert!(!state.at_rest());
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+
+    #[test]
+    fn simple_copy_is_one_round() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"PBES");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        sent(&mut state, b"Q");
+        state.on_reply(Reply::CopyIn);
+        sent(&mut state, b"ddc");
+        assert!(!state.is_idle());
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.is_idle());
+    }
+}

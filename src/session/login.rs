@@ -1,0 +1,176 @@
+//! From accept to the first ReadyForQuery: startup packet, database and
+//! user lookup, authentication, and the server's ParameterStatus set.
+
+use super::serve::Session;
+use crate::auth::ClientCheck;
+use crate::cancel::CancelRegistry;
+use crate::client::auth::authenticate;
+use crate::client::startup::{read_opening, Opening};
+use crate::client::{send_fatal, ClientError};
+use crate::config::Config;
+use crate::pool::{CheckoutError, Pools};
+use crate::protocol::backend::{self, sqlstate, STATUS_IDLE};
+use crate::protocol::startup::StartupPacket;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub pools: Pools,
+    /// By user name.
+    pub checks: HashMap<String, ClientCheck>,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>) -> Shared {
+        let checks = config
+            .users
+            .iter()
+            .map(|user| (user.name.get_ref().clone(), ClientCheck::for_user(user)))
+            .collect();
+        Shared {
+            pools: Pools::new(&config),
+            checks,
+            cancels: Default::default(),
+            config,
+        }
+    }
+}
+
+/// Logs the client in; `None` when the connection ended instead (a
+/// CancelRequest, a failed login), already reported and logged.
+pub async fn login(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Session> {
+    let timeout = shared.config.server.client_login_timeout.0;
+    let outcome = tokio::time::timeout(timeout, handshake(shared, &mut stream)).await;
+    let error = match outcome {
+        Ok(Ok(Handshake::Cancel(key))) => {
+            shared.cancels.cancel(key).await;
+            return None;
+        }
+        Ok(Ok(Handshake::Ready(identity))) => {
+            return match Session::start(shared.clone(), stream, peer, identity).await {
+                Ok(session) => Some(session),
+                Err((mut stream, error)) => {
+                    fail(&mut stream, peer, error).await;
+                    None
+                }
+            };
+        }
+        Ok(Err(error)) => error,
+        Err(_) => {
+            tracing::warn!(%peer, "client did not log in within client_login_timeout");
+            ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "login timed out")
+        }
+    };
+    fail(&mut stream, peer, error).await;
+    None
+}
+
+async fn fail(stream: &mut TcpStream, peer: SocketAddr, error: ClientError) {
+    match &error {
+        ClientError::Fatal { code, message } => {
+            tracing::warn!(%peer, code, %message, "client login failed");
+            send_fatal(stream, code, message).await;
+        }
+        ClientError::Closed => tracing::debug!(%peer, "client left during login"),
+        other => tracing::warn!(%peer, error = %other, "client login failed"),
+    }
+}
+
+enum Handshake {
+    Cancel((i32, i32)),
+    Ready(Identity),
+}
+
+/// Who a logged-in client is.
+pub struct Identity {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+}
+
+async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake, ClientError> {
+    let params = match read_opening(stream).await? {
+        Opening::Cancel { key } => return Ok(Handshake::Cancel(key)),
+        Opening::Startup { params } => params,
+    };
+    let user = StartupPacket::param(&params, "user")
+        .filter(|user| !user.is_empty())
+        .ok_or_else(|| {
+            ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_owned();
+    let database = StartupPacket::param(&params, "database")
+        .filter(|db| !db.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+    if shared.config.database(&database).is_none() {
+        return Err(ClientError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ));
+    }
+    let Some(check) = shared.checks.get(&user) else {
+        return Err(ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("role \"{user}\" does not exist"),
+        ));
+    };
+    if let Err(error) = authenticate(stream, check, &user).await {
+        tracing::warn!(user, database, "client authentication failed");
+        return Err(error);
+    }
+    let application_name = StartupPacket::param(&params, "application_name")
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Handshake::Ready(Identity {
+        user,
+        database,
+        application_name,
+    }))
+}
+
+/// AuthenticationOk, the server's ParameterStatus set, our BackendKeyData
+/// and ReadyForQuery, in one write.
+pub(super) async fn send_welcome(
+    stream: &mut TcpStream,
+    server_params: &[(String, String)],
+    application_name: &str,
+    key: (i32, i32),
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    backend::authentication_ok(&mut out);
+    for (name, value) in server_params {
+        let value = if name == "application_name" {
+            application_name
+        } else {
+            value
+        };
+        backend::parameter_status(&mut out, name, value);
+    }
+    backend::backend_key_data(&mut out, key.0, key.1);
+    backend::ready_for_query(&mut out, STATUS_IDLE);
+    stream.write_all(&out).await
+}
+
+/// The SQLSTATE a client sees when no server connection can be had.
+pub(super) fn checkout_sqlstate(error: &CheckoutError) -> &'static str {
+    match error {
+        CheckoutError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+        CheckoutError::Server { .. } => sqlstate::CONNECTION_FAILURE,
+        CheckoutError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+    }
+}

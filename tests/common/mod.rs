@@ -1,0 +1,87 @@
+//! Integration-test support: a throw-away PostgreSQL primary/replica cluster
+//! (`cluster`), a guard around the `pgrouter` binary (`pgrouter`) and polling
+//! helpers (`wait`). Not every test uses every helper.
+#![allow(dead_code, unused_imports)]
+
+pub mod cluster;
+pub mod pgrouter;
+pub mod wait;
+
+pub use cluster::{Cluster, NodeInfo};
+pub use pgrouter::Pgrouter;
+pub use wait::{eventually, eventually_blocking};
+
+/// Loopback host used for every server in the tests.
+pub const HOST: &str = "127.0.0.1";
+
+/// Builds a libpq-style key/value connection string accepted by
+/// `tokio_postgres::connect`. An empty `password` is omitted entirely.
+pub fn conn_string(host: &str, port: u16, user: &str, password: &str, db: &str) -> String {
+    let mut s = format!(
+        "host={} port={} user={}",
+        kv_quote(host),
+        port,
+        kv_quote(user)
+    );
+    if !password.is_empty() {
+        s.push_str(" password=");
+        s.push_str(&kv_quote(password));
+    }
+    s.push_str(" dbname=");
+    s.push_str(&kv_quote(db));
+    s
+}
+
+/// Quotes a value for a key/value connection string only when necessary.
+fn kv_quote(v: &str) -> String {
+    let plain = !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\' || c == '=');
+    if plain {
+        v.to_string()
+    } else {
+        let mut out = String::with_capacity(v.len() + 2);
+        out.push('\'');
+        for c in v.chars() {
+            if c == '\'' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('\'');
+        out
+    }
+}
+
+/// Percent-encodes a URL component (userinfo / path segment).
+pub fn url_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Connects with tokio-postgres (NoTls) and spawns the connection task on the
+/// current tokio runtime.
+pub async fn try_connect_str(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        // Errors here are normal when a test deliberately kills a server.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Like [`try_connect_str`] but panics with the connection string on error.
+pub async fn connect_str(conn: &str) -> tokio_postgres::Client {
+    match try_connect_str(conn).await {
+        Ok(c) => c,
+        Err(e) => panic!("connect to `{conn}` failed: {e} ({e:?})"),
+    }
+}

@@ -1,0 +1,7 @@
+//! Single integration-test binary: one link step and one shared PostgreSQL
+//! cluster for every test module. Add new test modules with `mod xyz;`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod harness;
