@@ -4,10 +4,12 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod config;
 pub mod pgrouter;
 pub mod wait;
 
 pub use cluster::{Cluster, NodeInfo};
+pub use config::RouterConfig;
 pub use pgrouter::Pgrouter;
 pub use wait::{eventually, eventually_blocking};
 

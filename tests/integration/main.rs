@@ -5,3 +5,9 @@
 mod common;
 
 mod harness;
+mod auth;
+mod cancel;
+mod cli;
+mod pooling;
+mod queries;
+mod startup;
