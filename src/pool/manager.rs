@@ -66,6 +66,10 @@ impl deadpool::managed::Manager for ServerManager {
         if !conn.is_reusable() {
             return Err(RecycleError::message("connection is not clean"));
         }
+        if conn.heard_while_idle() {
+            conn.mark_broken();
+            return Err(RecycleError::message("server closed the idle connection"));
+        }
         if self.expired(conn, metrics) {
             return Err(RecycleError::message("connection expired"));
         }

@@ -149,11 +149,12 @@ impl Pool {
         self.inner.status()
     }
 
-    /// Closes idle connections that have expired.
+    /// Closes idle connections that have expired or that their server
+    /// has closed.
     fn retire_expired(&self) -> usize {
         let manager = self.inner.manager();
         self.inner
-            .retain(|conn, metrics| !manager.expired(conn, &metrics))
+            .retain(|conn, metrics| !manager.expired(conn, &metrics) && !conn.heard_while_idle())
             .removed
             .len()
     }

@@ -114,6 +114,17 @@ impl ServerConn {
             && self.scanner.at_boundary()
     }
 
+    /// Whether an idle connection has heard from its server: a FATAL
+    /// before a shutdown, or the close itself. Such a connection is dead;
+    /// handing it out would give the client the server's goodbye.
+    pub fn heard_while_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+
     pub fn mark_broken(&mut self) {
         self.broken = true;
     }
