@@ -8,6 +8,9 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The ParameterStatus name/value pairs a server sent at login.
+pub type ServerParams = Arc<[(String, String)]>;
+
 /// Everything needed to open a server connection for one pool.
 pub struct ServerManager {
     pub node: Arc<str>,
@@ -20,7 +23,7 @@ pub struct ServerManager {
     pub idle_timeout: Duration,
     /// The ParameterStatus set of the newest connection, replayed to
     /// clients at login as a real server would send it.
-    pub params: RwLock<Option<Arc<[(String, String)]>>>,
+    pub params: RwLock<Option<ServerParams>>,
 }
 
 impl ServerManager {

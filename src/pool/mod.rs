@@ -8,7 +8,7 @@ mod maintain;
 mod manager;
 
 pub use maintain::{maintain, top_up};
-pub use manager::ServerManager;
+pub use manager::{ServerManager, ServerParams};
 
 use crate::config::{Config, NodeConfig, NodeRole, PoolSettings};
 use crate::server::ServerError;
@@ -131,12 +131,12 @@ impl Pool {
 
     /// The ParameterStatus set a real server sends at login, opening a
     /// connection first if none has been opened yet.
-    pub async fn server_params(&self) -> Result<Arc<[(String, String)]>, CheckoutError> {
+    pub async fn server_params(&self) -> Result<ServerParams, CheckoutError> {
         if let Some(params) = self.inner.manager().params.read().clone() {
             return Ok(params);
         }
         let server = self.checkout().await?;
-        let params: Arc<[(String, String)]> = server.params().into();
+        let params: ServerParams = server.params().into();
         Pool::release(server);
         Ok(params)
     }

@@ -172,13 +172,13 @@ impl Session {
             if let Some(frame) = frontend::frame(&self.in_buf, self.max_message)? {
                 return Ok(frame);
             }
-            if self.in_buf.is_empty() && self.in_buf.capacity() > 0 {
-                if tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable())
+            if self.in_buf.is_empty()
+                && self.in_buf.capacity() > 0
+                && tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable())
                     .await
                     .is_err()
-                {
-                    self.in_buf = BytesMut::new();
-                }
+            {
+                self.in_buf = BytesMut::new();
             }
             self.stream.readable().await?;
             let want = match frontend::declared_len(&self.in_buf, self.max_message)? {
