@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let limit = Arc::new(Semaphore::new(shared.config.server.max_client_connections));
+    let limit = Arc::new(Semaphore::new(
+        *shared.config.server.max_client_connections.get_ref(),
+    ));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (mut stream, peer) = match listener.accept().await {

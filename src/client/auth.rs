@@ -1,7 +1,7 @@
 //! Authenticating a client over the wire: trust, md5 or SCRAM-SHA-256.
 
 use super::{read_message, ClientError};
-use crate::auth::scram::{ScramExchange, MECHANISM};
+use crate::auth::scram::{ScramError, ScramExchange, MECHANISM};
 use crate::auth::{md5_response, ClientCheck};
 use crate::protocol::backend::{self, sqlstate};
 use crate::protocol::frontend;
@@ -55,7 +55,12 @@ pub async fn authenticate(
             let last = read_password_message(stream, &mut buf).await?;
             let server_final = exchange
                 .finish(frontend::body(&last))
-                .map_err(|_| password_failed(user))?;
+                .map_err(|e| match e {
+                    ScramError::WrongProof => password_failed(user),
+                    malformed => {
+                        ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, malformed.to_string())
+                    }
+                })?;
             out.clear();
             backend::authentication_sasl_final(&mut out, server_final.as_bytes());
             stream.write_all(&out).await?;

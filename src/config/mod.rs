@@ -35,13 +35,13 @@ pub struct ServerConfig {
     /// Where clients connect. Port 0 picks a free port (logged at start).
     pub listen: Address,
     /// Clients beyond this get 53300 "too many clients" and are closed.
-    pub max_client_connections: usize,
+    pub max_client_connections: Spanned<usize>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// A client must finish startup and authentication within this.
     pub client_login_timeout: Duration,
     /// The largest message a client may send.
-    pub max_message_size: ByteSize,
+    pub max_message_size: Spanned<ByteSize>,
 }
 
 impl Default for ServerConfig {
@@ -51,10 +51,10 @@ impl Default for ServerConfig {
                 host: "127.0.0.1".into(),
                 port: 6432,
             },
-            max_client_connections: 5000,
+            max_client_connections: Spanned::new(0..0, 5000),
             workers: 0,
             client_login_timeout: Duration(std::time::Duration::from_secs(60)),
-            max_message_size: ByteSize(64 << 20),
+            max_message_size: Spanned::new(0..0, ByteSize(64 << 20)),
         }
     }
 }

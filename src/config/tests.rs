@@ -26,7 +26,7 @@ fn shipped_example_config_is_valid() {
     let text = include_str!("../../config/pgrouter.toml");
     let config = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(config.server.listen.port, 6432);
-    assert_eq!(config.server.max_client_connections, 5000);
+    assert_eq!(*config.server.max_client_connections.get_ref(), 5000);
     let settings = config.pool_settings(&config.databases[0]);
     assert_eq!(settings.mode, PoolMode::Transaction);
     assert_eq!(settings.min_connections, 2);

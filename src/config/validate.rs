@@ -36,14 +36,18 @@ pub fn check(config: &Config, text: &str) -> Vec<ConfigError> {
 }
 
 fn check_server(config: &Config, report: &mut Report) {
-    if config.server.max_client_connections == 0 {
+    let server = &config.server;
+    if *server.max_client_connections.get_ref() == 0 {
         report.at(
-            0..0,
+            server.max_client_connections.span(),
             "server.max_client_connections must be at least 1".into(),
         );
     }
-    if config.server.max_message_size.0 < 8192 {
-        report.at(0..0, "server.max_message_size must be at least 8kB".into());
+    if server.max_message_size.get_ref().0 < 8192 {
+        report.at(
+            server.max_message_size.span(),
+            "server.max_message_size must be at least 8kB".into(),
+        );
     }
     let pool = &config.pool;
     check_pool_sizes(&pool.min_connections, &pool.max_connections, "pool", report);
@@ -161,14 +165,17 @@ fn check_databases(config: &Config, report: &mut Report) {
                 format!("database name {ADMIN_DATABASE:?} is reserved for the admin console"),
             );
         }
-        let min = db
-            .min_connections
-            .as_ref()
-            .unwrap_or(&config.pool.min_connections);
-        let max = db
-            .max_connections
-            .as_ref()
-            .unwrap_or(&config.pool.max_connections);
-        check_pool_sizes(min, max, &format!("database {name:?}"), report);
+        // Sizes inherited whole from [pool] were checked there already.
+        if db.min_connections.is_some() || db.max_connections.is_some() {
+            let min = db
+                .min_connections
+                .as_ref()
+                .unwrap_or(&config.pool.min_connections);
+            let max = db
+                .max_connections
+                .as_ref()
+                .unwrap_or(&config.pool.max_connections);
+            check_pool_sizes(min, max, &format!("database {name:?}"), report);
+        }
     }
 }

@@ -130,7 +130,9 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
         ));
     };
     if let Err(error) = authenticate(stream, check, &user).await {
-        tracing::warn!(user, database, "client authentication failed");
+        if let ClientError::Fatal { .. } = error {
+            tracing::warn!(user, database, "client authentication failed");
+        }
         return Err(error);
     }
     let application_name = StartupPacket::param(&params, "application_name")

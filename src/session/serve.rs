@@ -84,7 +84,7 @@ impl Session {
             "client connected"
         );
         Ok(Session {
-            max_message: shared.config.server.max_message_size.0 as usize,
+            max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: primary.settings.mode,
             stream,
             peer,

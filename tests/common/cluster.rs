@@ -262,7 +262,7 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("flushing WAL on primary: {e}"));
         let target: String = primary
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .unwrap_or_else(|e| panic!("pg_current_wal_lsn(): {e}"))
             .get(0);

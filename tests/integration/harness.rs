@@ -100,12 +100,23 @@ async fn replica_streams_from_primary() {
         .try_connect(replica, "app", APP_PASSWORD, &db)
         .await
         .expect("SCRAM login on the replica");
-    let v: String = on_replica
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .expect("row visible on the replica")
-        .get(0);
-    assert_eq!(v, "hello");
+    eventually(
+        Duration::from_secs(30),
+        "row visible on the replica",
+        || async {
+            match on_replica
+                .query_one("SELECT v FROM t WHERE id = 1", &[])
+                .await
+            {
+                Ok(row) => {
+                    assert_eq!(row.get::<_, String>(0), "hello");
+                    true
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
     let in_recovery: bool = on_replica
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await

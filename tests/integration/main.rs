@@ -4,10 +4,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod harness;
 mod auth;
 mod cancel;
 mod cli;
+mod harness;
 mod pooling;
 mod queries;
 mod startup;
