@@ -4,12 +4,27 @@ use crate::config::Config;
 use crate::listener;
 use crate::pool;
 use crate::session::Shared;
+use crate::topology::monitor::{Monitor, MonitorTarget};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub async fn run(config: Config) -> std::io::Result<()> {
     let config = Arc::new(config);
     let shared = Arc::new(Shared::new(config.clone()));
+
+    // Every node is checked once before the first client: roles, health
+    // and positions are known from the start.
+    let first_rounds: Vec<_> = monitors(&config, &shared)
+        .into_iter()
+        .map(|monitor| {
+            let (done, first_round) = tokio::sync::oneshot::channel();
+            tokio::spawn(monitor.run(done));
+            first_round
+        })
+        .collect();
+    for first_round in first_rounds {
+        let _ = first_round.await;
+    }
 
     // min_connections are opened before the first client is accepted.
     let warm_ups: Vec<_> = shared
@@ -36,6 +51,29 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         () = shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+fn monitors(config: &Config, shared: &Arc<Shared>) -> Vec<Monitor> {
+    let user = config.monitor_user();
+    config
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            Monitor::new(
+                shared.topology.clone(),
+                MonitorTarget {
+                    index,
+                    address: node.address.clone(),
+                    user: user.map(|u| u.name.get_ref().clone()).unwrap_or_default(),
+                    password: user.and_then(|u| u.server_password().map(str::to_owned)),
+                    database: config.monitor_database().to_owned(),
+                    interval: config.routing.monitor_interval.get_ref().0,
+                    connect_timeout: config.pool.server_connect_timeout.0,
+                },
+            )
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {

@@ -21,5 +21,7 @@ pub mod config;
 pub mod listener;
 pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod session;
+pub mod topology;

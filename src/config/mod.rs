@@ -5,8 +5,10 @@
 //! what the types cannot say (duplicate names, min > max, references) and
 //! reports every problem it finds, each with its line.
 
+mod routing;
 mod values;
 
+pub use routing::{Balance, Fallback, ReadYourWrites, Route, RoutingConfig};
 pub use values::{Address, ByteSize, Duration};
 
 use crate::auth::secret::Secret;
@@ -21,6 +23,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub pool: PoolDefaults,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -112,6 +116,9 @@ impl Default for PoolDefaults {
 pub enum NodeRole {
     Primary,
     Replica,
+    /// `pg_is_in_recovery()` decides, and is checked again on every
+    /// monitor round, so a promoted replica takes the writes.
+    Auto,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +127,13 @@ pub struct NodeConfig {
     pub name: Spanned<String>,
     pub address: Address,
     pub role: Spanned<NodeRole>,
+    /// A replica's share of reads under weighted balancing.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -142,6 +156,9 @@ pub struct UserConfig {
     pub server_password: Option<String>,
     #[serde(default = "default_auth")]
     pub auth: Spanned<AuthMethod>,
+    /// Pins this user's traffic to the primary or the replicas.
+    #[serde(default)]
+    pub route: Route,
 }
 
 fn default_auth() -> Spanned<AuthMethod> {
@@ -177,6 +194,9 @@ pub struct DatabaseConfig {
     pub max_connections: Option<Spanned<usize>>,
     pub checkout_timeout: Option<Duration>,
     pub reset_query: Option<String>,
+    /// Pins this database's traffic to the primary or the replicas.
+    #[serde(default)]
+    pub route: Route,
 }
 
 /// One database's pool settings: its overrides applied over `[pool]`.
@@ -226,10 +246,21 @@ impl Config {
         self.users.iter().find(|user| user.name.get_ref() == name)
     }
 
-    pub fn primary(&self) -> Option<&NodeConfig> {
-        self.nodes
-            .iter()
-            .find(|node| *node.role.get_ref() == NodeRole::Primary)
+    /// The user the node monitor logs in as.
+    pub fn monitor_user(&self) -> Option<&UserConfig> {
+        match &self.routing.monitor_user {
+            Some(name) => self.user(name.get_ref()),
+            None => self.users.first(),
+        }
+    }
+
+    /// The database the node monitor connects to.
+    pub fn monitor_database(&self) -> &str {
+        match (&self.routing.monitor_database, self.databases.first()) {
+            (Some(name), _) => name,
+            (None, Some(db)) => db.server_database(),
+            (None, None) => "postgres",
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn check(config: &Config, text: &str) -> Vec<ConfigError> {
     check_server(config, &mut report);
     check_nodes(config, &mut report);
     check_users(config, &mut report);
+    check_routing(config, &mut report);
     check_databases(config, &mut report);
     report.errors
 }
@@ -101,10 +102,15 @@ fn check_nodes(config: &Config, report: &mut Report) {
         .iter()
         .filter(|n| *n.role.get_ref() == NodeRole::Primary)
         .collect();
+    let auto = config
+        .nodes
+        .iter()
+        .any(|n| *n.role.get_ref() == NodeRole::Auto);
     match primaries.as_slice() {
+        [] if auto => {}
         [] => report.at(
             config.nodes[0].name.span(),
-            "no node has role = \"primary\"".into(),
+            "no node has role = \"primary\" (or \"auto\")".into(),
         ),
         [_] => {}
         [_, extra @ ..] => {
@@ -118,6 +124,33 @@ fn check_nodes(config: &Config, report: &mut Report) {
                 );
             }
         }
+    }
+}
+
+fn check_routing(config: &Config, report: &mut Report) {
+    let routing = &config.routing;
+    if routing.monitor_interval.get_ref().0 < std::time::Duration::from_millis(10) {
+        report.at(
+            routing.monitor_interval.span(),
+            "routing.monitor_interval must be at least 10ms".into(),
+        );
+    }
+    if let Some(name) = &routing.monitor_user {
+        if config.user(name.get_ref()).is_none() {
+            report.at(
+                name.span(),
+                format!(
+                    "routing.monitor_user {:?} is not in [[users]]",
+                    name.get_ref()
+                ),
+            );
+        }
+    }
+    if routing.statement_cache_size == 0 {
+        report.at(
+            0..0,
+            "routing.statement_cache_size must be at least 1".into(),
+        );
     }
 }
 

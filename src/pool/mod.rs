@@ -10,7 +10,7 @@ mod manager;
 pub use maintain::{maintain, top_up};
 pub use manager::{ServerManager, ServerParams};
 
-use crate::config::{Config, NodeConfig, NodeRole, PoolSettings};
+use crate::config::{Config, NodeConfig, PoolSettings};
 use crate::server::ServerError;
 use deadpool::managed::{Object, PoolError, QueueMode, Timeouts};
 use deadpool::Runtime;
@@ -36,7 +36,6 @@ pub enum CheckoutError {
 pub struct Pool {
     /// "database/user@node", as logs and errors name it.
     pub name: String,
-    pub role: NodeRole,
     pub settings: PoolSettings,
     inner: deadpool::managed::Pool<ServerManager>,
 }
@@ -76,7 +75,6 @@ impl Pool {
         };
         Pool {
             name: format!("{client_database}/{user}@{}", node.name.get_ref()),
-            role: *node.role.get_ref(),
             settings,
             inner,
         }
@@ -160,17 +158,10 @@ impl Pool {
     }
 }
 
-/// The pools of one database and user, one per node (only the primary
-/// until routing to replicas arrives).
+/// The pools of one database and user, one per node, in the order of
+/// `[[nodes]]` (the topology's order).
 pub struct PoolSet {
     pub nodes: Vec<Arc<Pool>>,
-}
-
-impl PoolSet {
-    pub fn primary(&self) -> &Arc<Pool> {
-        // Validation guarantees exactly one primary, and new() puts it first.
-        &self.nodes[0]
-    }
 }
 
 /// Every pool, by client database name and user name.
@@ -184,11 +175,9 @@ impl Pools {
         for db in &config.databases {
             let settings = config.pool_settings(db);
             for user in &config.users {
-                let mut nodes: Vec<&NodeConfig> = config.nodes.iter().collect();
-                nodes.sort_by_key(|node| *node.role.get_ref() != NodeRole::Primary);
-                let nodes = nodes
-                    .into_iter()
-                    .filter(|node| *node.role.get_ref() == NodeRole::Primary)
+                let nodes = config
+                    .nodes
+                    .iter()
                     .map(|node| {
                         Arc::new(Pool::new(
                             node,

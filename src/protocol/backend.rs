@@ -29,6 +29,7 @@ pub mod sqlstate {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 
@@ -123,6 +124,10 @@ pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
         buf.put_i32(process_id);
         buf.put_i32(secret_key);
     });
+}
+
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, b'C', |buf| put_cstr(buf, tag));
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {

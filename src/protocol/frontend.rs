@@ -64,6 +64,27 @@ pub fn body(message: &[u8]) -> &[u8] {
     &message[HEADER_LEN..]
 }
 
+/// The SQL text of a whole Query or Parse message; `None` for other
+/// messages and for malformed ones (the server will say what is wrong).
+pub fn query_text(message: &[u8]) -> Option<&str> {
+    let mut rest = message.get(HEADER_LEN..)?;
+    match *message.first()? {
+        QUERY => {}
+        PARSE => {
+            take_cstr(&mut rest, "statement name").ok()?;
+        }
+        _ => return None,
+    }
+    take_cstr(&mut rest, "query").ok()
+}
+
+/// The SQL text of the message at the front of `buf`, when it is a whole
+/// Query or Parse.
+pub fn first_query_text(buf: &[u8]) -> Option<&str> {
+    let frame = frame(buf, usize::MAX).ok()??;
+    query_text(&buf[..frame.len])
+}
+
 /// A cleartext or md5 PasswordMessage body, without its terminating NUL.
 pub fn password(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut rest = body;
@@ -139,6 +160,16 @@ mod tests {
         assert_eq!(parsed.data, b"n,,ab");
         body.pop();
         assert!(sasl_initial_response(&body).is_err());
+    }
+
+    #[test]
+    fn finds_query_text_in_query_and_parse() {
+        assert_eq!(query_text(&message(QUERY, b"select 1\0")), Some("select 1"));
+        let mut parse = b"s1\0select $1\0".to_vec();
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        assert_eq!(query_text(&message(PARSE, &parse)), Some("select $1"));
+        assert_eq!(query_text(&message(SYNC, b"")), None);
+        assert_eq!(query_text(&message(QUERY, b"no terminator")), None);
     }
 
     #[test]

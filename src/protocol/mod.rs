@@ -9,6 +9,7 @@
 //! authentication exchange, message headers, ReadyForQuery's status) and
 //! forward everything else as opaque bytes.
 
+pub mod answer;
 pub mod backend;
 pub mod frontend;
 pub mod scan;

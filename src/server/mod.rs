@@ -5,6 +5,7 @@
 
 mod connect;
 pub mod reset;
+pub mod simple;
 pub mod state;
 
 pub use connect::{connect, ConnectParams};

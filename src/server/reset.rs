@@ -3,12 +3,8 @@
 //! cannot be cleaned safely (a request still running, a half-read reply) is
 //! reported so that the caller closes the connection instead.
 
-use super::{connect::rejected, ServerConn, ServerError};
+use super::{simple, ServerConn, ServerError};
 use crate::protocol::backend::STATUS_IDLE;
-use bytes::BytesMut;
-use postgres_protocol::message::backend::Message;
-use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn clean(conn: &mut ServerConn, reset_query: Option<&str>) -> Result<(), ServerError> {
     if conn.broken
@@ -21,46 +17,11 @@ pub async fn clean(conn: &mut ServerConn, reset_query: Option<&str>) -> Result<(
         ));
     }
     if conn.state.transaction_status() != STATUS_IDLE {
-        run(conn, "ROLLBACK").await?;
+        simple::query(conn, "ROLLBACK", true).await?;
     }
     if let Some(sql) = reset_query.filter(|sql| !sql.trim().is_empty()) {
-        run(conn, sql).await?;
+        simple::query(conn, sql, true).await?;
     }
+    conn.state = Default::default();
     Ok(())
-}
-
-/// Runs one simple query to completion, discarding its rows; fails on an
-/// ErrorResponse or when the connection is not idle afterwards.
-async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), ServerError> {
-    let mut out = BytesMut::new();
-    frontend::query(sql, &mut out)?;
-    conn.stream.write_all(&out).await?;
-    let mut failure = None;
-    loop {
-        let message = match Message::parse(&mut conn.read_buf)? {
-            Some(message) => message,
-            None => {
-                if conn.stream.read_buf(&mut conn.read_buf).await? == 0 {
-                    return Err(ServerError::Protocol("server closed the connection".into()));
-                }
-                continue;
-            }
-        };
-        match message {
-            Message::ErrorResponse(body) => failure = Some(rejected(&body)),
-            Message::ReadyForQuery(body) => {
-                if let Some(error) = failure {
-                    return Err(error);
-                }
-                if body.status() != STATUS_IDLE {
-                    return Err(ServerError::Protocol(format!(
-                        "still in a transaction after {sql:?}"
-                    )));
-                }
-                conn.state = Default::default();
-                return Ok(());
-            }
-            _ => {}
-        }
-    }
 }

@@ -7,10 +7,12 @@ use crate::cancel::CancelRegistry;
 use crate::client::auth::authenticate;
 use crate::client::startup::{read_opening, Opening};
 use crate::client::{send_fatal, ClientError};
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::pool::{CheckoutError, Pools};
 use crate::protocol::backend::{self, sqlstate, STATUS_IDLE};
 use crate::protocol::startup::StartupPacket;
+use crate::router::Router;
+use crate::topology::Topology;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ pub struct Shared {
     /// By user name.
     pub checks: HashMap<String, ClientCheck>,
     pub cancels: Arc<CancelRegistry>,
+    pub topology: Arc<Topology>,
+    pub router: Arc<Router>,
 }
 
 impl Shared {
@@ -34,10 +38,13 @@ impl Shared {
             .iter()
             .map(|user| (user.name.get_ref().clone(), ClientCheck::for_user(user)))
             .collect();
+        let topology = Arc::new(Topology::new(&config));
         Shared {
             pools: Pools::new(&config),
             checks,
             cancels: Default::default(),
+            router: Arc::new(Router::new(&config, topology.clone())),
+            topology,
             config,
         }
     }
@@ -97,6 +104,10 @@ pub struct Identity {
     pub user: String,
     pub database: String,
     pub application_name: String,
+    /// The user's `route`, else the database's.
+    pub route: Route,
+    /// default_transaction_read_only = on, from the startup parameters.
+    pub read_only_default: bool,
 }
 
 async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake, ClientError> {
@@ -138,11 +149,43 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
     let application_name = StartupPacket::param(&params, "application_name")
         .unwrap_or_default()
         .to_owned();
+    let route = match shared.config.user(&user).map(|u| u.route) {
+        Some(Route::Auto) | None => shared
+            .config
+            .database(&database)
+            .map_or(Route::Auto, |db| db.route),
+        Some(pinned) => pinned,
+    };
     Ok(Handshake::Ready(Identity {
+        read_only_default: read_only_default(&params),
         user,
         database,
         application_name,
+        route,
     }))
+}
+
+/// Whether the startup parameters make every transaction read-only, given
+/// directly or as `options=-c default_transaction_read_only=on`.
+fn read_only_default(params: &[(String, String)]) -> bool {
+    const NAME: &str = "default_transaction_read_only";
+    let truthy = |v: &str| {
+        matches!(
+            v.trim().to_lowercase().as_str(),
+            "on" | "true" | "1" | "yes"
+        )
+    };
+    if StartupPacket::param(params, NAME).is_some_and(truthy) {
+        return true;
+    }
+    StartupPacket::param(params, "options").is_some_and(|options| {
+        options
+            .split_whitespace()
+            .filter_map(|word| word.trim_start_matches("-c").split_once('='))
+            .any(|(name, value)| {
+                name.trim_start_matches("--").replace('-', "_") == NAME && truthy(value)
+            })
+    })
 }
 
 /// AuthenticationOk, the server's ParameterStatus set, our BackendKeyData

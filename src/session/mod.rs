@@ -5,6 +5,7 @@
 //! startup and authentication, the router for a node, the pool for a
 //! connection, and relays between the two sockets itself.
 
+mod acquire;
 mod login;
 mod relay;
 mod serve;

@@ -7,7 +7,14 @@
 //! polled together, so neither side's full socket buffer can stall the
 //! other (a client pipelining queries while the server streams rows).
 //! Buffers are reused: nothing is allocated per message.
+//!
+//! Two slow paths hold replies back instead of streaming them: `swallow`
+//! cuts out the replies to requests pgrouter put in front of the client's
+//! (a deferred BEGIN), and `guard` keeps a replica's answer until it is
+//! known not to be a read-only violation, copying what the client sent so
+//! that the session can run it elsewhere.
 
+use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
 use crate::protocol::frontend::{self, TERMINATE};
 use crate::protocol::ProtocolError;
 use crate::server::ServerConn;
@@ -24,6 +31,8 @@ use tokio_util::io::poll_read_buf;
 /// the server has taken some: bounds memory per client.
 const CLIENT_READ_AHEAD: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// A guarded request larger than this is not kept for a retry.
+const GUARD_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -37,6 +46,12 @@ pub enum RelayEnd {
     ClientProtocol(ProtocolError),
     /// The server's socket closed or failed, or it broke the protocol.
     ServerFailed(io::Error),
+    /// Guarded: the server failed before any of its answer reached the
+    /// client, so the request may run elsewhere.
+    FailedBeforeAnswer(io::Error),
+    /// Guarded: the answer was ErrorResponse 25006 and nothing reached the
+    /// client; the request belongs on the primary.
+    ReadOnlyViolation,
 }
 
 pub struct Relay<'a> {
@@ -46,6 +61,12 @@ pub struct Relay<'a> {
     pub max_message: usize,
     /// Transaction mode: end the relay as soon as the server is idle.
     pub release_when_idle: bool,
+    /// Replies to cut before the client's: one per request pgrouter put in
+    /// front of the client's bytes.
+    pub swallow: u32,
+    /// Hold replies until the answer is judged, and copy the client's
+    /// bytes here meanwhile.
+    pub guard: Option<&'a mut BytesMut>,
 }
 
 struct Progress {
@@ -54,6 +75,8 @@ struct Progress {
     /// Bytes of the server's read buffer already sent to the client.
     written: usize,
     terminated: bool,
+    /// How far the held replies have been judged.
+    judged: usize,
 }
 
 impl Relay<'_> {
@@ -62,6 +85,7 @@ impl Relay<'_> {
             framed: 0,
             written: 0,
             terminated: false,
+            judged: 0,
         };
         poll_fn(|cx| self.poll(cx, &mut progress)).await
     }
@@ -83,6 +107,12 @@ impl Relay<'_> {
                         return Poll::Ready(RelayEnd::ServerFailed(io::ErrorKind::WriteZero.into()))
                     }
                     Poll::Ready(Ok(n)) => {
+                        if let Some(guard) = self.guard.as_deref_mut() {
+                            guard.extend_from_slice(&self.client_in[..n]);
+                            if guard.len() > GUARD_LIMIT {
+                                self.guard = None;
+                            }
+                        }
                         self.client_in.advance(n);
                         p.framed -= n;
                         moved = true;
@@ -92,8 +122,12 @@ impl Relay<'_> {
                 }
             }
 
+            if let Some(end) = self.settle_held_replies(p) {
+                return Poll::Ready(end);
+            }
+            let holding = self.swallow > 0 || self.guard.is_some();
             let replies = &mut self.server.read_buf;
-            if p.written < replies.len() {
+            if !holding && p.written < replies.len() {
                 match Pin::new(&mut *self.client).poll_write(cx, &replies[p.written..]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone)
@@ -110,7 +144,7 @@ impl Relay<'_> {
                 }
             }
 
-            if p.framed == 0 && self.server.read_buf.is_empty() {
+            if p.framed == 0 && self.server.read_buf.is_empty() && !holding {
                 if p.terminated {
                     return Poll::Ready(RelayEnd::ClientTerminated);
                 }
@@ -122,9 +156,12 @@ impl Relay<'_> {
                 }
             }
 
-            if self.server.read_buf.is_empty() {
+            if self.server.read_buf.is_empty() || holding {
                 match self.poll_server_read(cx) {
                     Poll::Ready(Ok(())) => moved = true,
+                    Poll::Ready(Err(error)) if self.guard.is_some() => {
+                        return Poll::Ready(RelayEnd::FailedBeforeAnswer(error))
+                    }
                     Poll::Ready(Err(error)) => return Poll::Ready(RelayEnd::ServerFailed(error)),
                     Poll::Pending => {}
                 }
@@ -151,6 +188,34 @@ impl Relay<'_> {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// The slow paths: cut the replies to pgrouter's own requests, then
+    /// judge a guarded answer. Until both are done nothing is written to
+    /// the client, so the held replies start at the front of the buffer.
+    fn settle_held_replies(&mut self, p: &mut Progress) -> Option<RelayEnd> {
+        let replies = &mut self.server.read_buf;
+        while self.swallow > 0 {
+            let end = past_ready_for_query(replies, 0)?;
+            replies.advance(end);
+            self.swallow -= 1;
+        }
+        if self.guard.is_some() {
+            let (verdict, at) = judge(replies, p.judged);
+            p.judged = at;
+            match verdict {
+                Verdict::Undecided => {}
+                Verdict::Deliver => self.guard = None,
+                Verdict::ReadOnlyViolation => return Some(RelayEnd::ReadOnlyViolation),
+                Verdict::ServerGoingAway => {
+                    return Some(RelayEnd::FailedBeforeAnswer(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "server is shutting down",
+                    )))
+                }
+            }
+        }
+        None
     }
 
     /// Frames every whole message after the already framed ones, recording

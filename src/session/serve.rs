@@ -1,22 +1,26 @@
-//! Serving a logged-in client: wait for a request, check out a server
-//! connection, relay until the transaction (transaction mode) or the
-//! session (session mode) ends, and give the connection back clean.
+//! Serving a logged-in client: wait for a request, have it routed and a
+//! server connection checked out (`acquire`), relay until the transaction
+//! (transaction mode) or the session (session mode) ends, and give the
+//! connection back clean.
 
 use super::login::{checkout_sqlstate, send_welcome, Identity, Shared};
 use super::relay::{Relay, RelayEnd};
 use crate::cancel::Registration;
 use crate::client::ClientError;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::pool::{Pool, PoolSet, PooledServer};
-use crate::protocol::backend::{self, sqlstate, Severity, STATUS_IDLE};
+use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
-use crate::server::reset;
-use bytes::{Buf, BytesMut};
+use crate::router::{Decision, Router, SessionRoute, SessionWrites};
+use crate::server::{reset, simple};
+use crate::topology::Lsn;
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// How long an idle client keeps its read buffer before giving it back:
 /// busy clients reuse it, and thousands of idle ones hold almost nothing.
@@ -26,19 +30,37 @@ const READ_CHUNK: usize = 8 * 1024;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Session {
-    stream: TcpStream,
-    peer: SocketAddr,
-    identity: Identity,
-    pools: Arc<PoolSet>,
-    mode: PoolMode,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) identity: Identity,
+    pub(super) pools: Arc<PoolSet>,
+    pub(super) mode: PoolMode,
     max_message: usize,
-    in_buf: BytesMut,
-    server: Option<PooledServer>,
-    cancel: Registration,
+    pub(super) in_buf: BytesMut,
+    pub(super) server: Option<PooledServer>,
+    pub(super) cancel: Registration,
+    pub(super) route: SessionRoute,
+    /// The request the held server connection serves.
+    pub(super) request: Option<Request>,
+    /// A plain BEGIN answered by pgrouter itself: the transaction's first
+    /// real statement decides where it runs, and the BEGIN goes with it.
+    pub(super) deferred_begin: Option<Bytes>,
+    /// Replies to cut before the client's (see `Relay::swallow`).
+    pub(super) swallow: u32,
+    /// What a retryable request sent, for running it elsewhere.
+    retry_buf: BytesMut,
+    /// The request at the front of `in_buf` is a retry: no second one.
+    pub(super) retrying: bool,
+}
+
+pub(super) struct Request {
+    pub decision: Decision,
+    pub started: Instant,
 }
 
 /// Why serving ended.
-enum End {
+pub(super) enum End {
     Terminated,
     Gone,
     Protocol(String),
@@ -62,8 +84,10 @@ impl Session {
             let error = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "no pool");
             return Err((stream, error));
         };
-        let primary = pools.primary().clone();
-        let params = match primary.server_params().await {
+        // Any node's connection carries the ParameterStatus set; the
+        // primary's is preferred, as it is the one that exists for sure.
+        let first = shared.topology.primary().unwrap_or(0);
+        let params = match pools.nodes[first].server_params().await {
             Ok(params) => params,
             Err(error) => {
                 let error = ClientError::fatal(checkout_sqlstate(&error), error.to_string());
@@ -85,7 +109,13 @@ impl Session {
         );
         Ok(Session {
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
-            mode: primary.settings.mode,
+            mode: pools.nodes[first].settings.mode,
+            route: SessionRoute {
+                setting: identity.route,
+                read_only_default: identity.read_only_default,
+                writes: SessionWrites::default(),
+            },
+            shared,
             stream,
             peer,
             identity,
@@ -93,13 +123,21 @@ impl Session {
             in_buf: BytesMut::new(),
             server: None,
             cancel,
+            request: None,
+            deferred_begin: None,
+            swallow: 0,
+            retry_buf: BytesMut::new(),
+            retrying: false,
         })
+    }
+
+    pub(super) fn router(&self) -> &Router {
+        &self.shared.router
     }
 
     pub async fn serve(mut self) {
         let end = self.serve_requests().await;
-        let server = self.server.take();
-        self.cleanup(server).await;
+        self.cleanup().await;
         match end {
             End::Terminated | End::Gone => {}
             End::Protocol(error) => {
@@ -138,6 +176,9 @@ impl Session {
                 }
                 continue;
             }
+            let guarded =
+                self.request.as_ref().is_some_and(|r| r.decision.retryable) && !self.retrying;
+            self.retry_buf.clear();
             let Some(server) = self.server.as_mut() else {
                 continue;
             };
@@ -147,27 +188,100 @@ impl Session {
                 server,
                 max_message: self.max_message,
                 release_when_idle: self.mode == PoolMode::Transaction,
+                swallow: std::mem::take(&mut self.swallow),
+                guard: guarded.then_some(&mut self.retry_buf),
             }
             .run()
             .await;
+            self.retrying = false;
             match outcome {
-                RelayEnd::Released => self.release(),
+                RelayEnd::Released => self.finish_request().await,
                 RelayEnd::ClientTerminated => return End::Terminated,
                 RelayEnd::ClientGone => return End::Gone,
                 RelayEnd::ClientProtocol(error) => return End::Protocol(error.to_string()),
                 RelayEnd::ServerFailed(error) => {
-                    if let Some(server) = self.server.as_mut() {
-                        server.mark_broken();
-                    }
+                    self.drop_server();
                     return End::ServerFailed(error.to_string());
+                }
+                RelayEnd::ReadOnlyViolation => {
+                    if let Some(sql) = frontend::first_query_text(&self.retry_buf) {
+                        self.shared.router.learn_write(sql);
+                    }
+                    self.drop_server();
+                    self.rewind_for_retry();
+                }
+                RelayEnd::FailedBeforeAnswer(error) => {
+                    if let Some(request) = &self.request {
+                        let node = request.decision.node;
+                        self.shared
+                            .topology
+                            .ban(node, &format!("connection failed: {error}"));
+                    }
+                    self.drop_server();
+                    self.rewind_for_retry();
                 }
             }
         }
     }
 
+    /// Puts what a guarded request sent back in front of the client's
+    /// unsent bytes, to be routed again (once).
+    fn rewind_for_retry(&mut self) {
+        let mut replay = BytesMut::with_capacity(self.retry_buf.len() + self.in_buf.len());
+        replay.extend_from_slice(&self.retry_buf);
+        replay.extend_from_slice(&self.in_buf);
+        self.in_buf = replay;
+        self.retry_buf.clear();
+        self.retrying = true;
+    }
+
+    /// A transaction ended on its server connection: account for it,
+    /// advance read-your-writes, and give the connection back.
+    async fn finish_request(&mut self) {
+        let Some(request) = self.request.take() else {
+            self.release();
+            return;
+        };
+        self.shared
+            .router
+            .finished(request.decision.node, request.started);
+        if request.decision.may_write {
+            self.record_write().await;
+        }
+        self.release();
+    }
+
+    /// After a transaction that may have written: for `lsn` mode, the
+    /// primary's WAL insert position, read on the same connection, is at or
+    /// past the commit.
+    async fn record_write(&mut self) {
+        let mode = self.shared.router.read_your_writes();
+        if mode == ReadYourWrites::Off {
+            return;
+        }
+        let mut lsn = None;
+        if mode == ReadYourWrites::Lsn {
+            if let Some(server) = self.server.as_mut() {
+                let position =
+                    simple::query(server, "SELECT pg_current_wal_insert_lsn()", true).await;
+                match position {
+                    Ok(Some(text)) => {
+                        lsn = Lsn::parse(&text).map(|l| (l, self.shared.topology.epoch()))
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the WAL position after a write");
+                        server.mark_broken();
+                    }
+                }
+            }
+        }
+        self.route.writes.record(lsn);
+    }
+
     /// Waits for the client's next whole message while it holds no server
     /// connection.
-    async fn next_request(&mut self) -> Result<Frame, ClientError> {
+    pub(super) async fn next_request(&mut self) -> Result<Frame, ClientError> {
         loop {
             if let Some(frame) = frontend::frame(&self.in_buf, self.max_message)? {
                 return Ok(frame);
@@ -195,54 +309,7 @@ impl Session {
         }
     }
 
-    /// Checks out a server connection for the request that starts with
-    /// `first`. When none can be had, the request is answered with an
-    /// error and the session stays usable.
-    async fn acquire(&mut self, first: Frame) -> Result<(), End> {
-        let pool = self.pools.primary().clone();
-        match pool.checkout().await {
-            Ok(server) => {
-                self.cancel.slot.set(Some(server.cancel_target().clone()));
-                self.server = Some(server);
-                Ok(())
-            }
-            Err(error) => {
-                tracing::warn!(peer = %self.peer, %error, "no server connection for client");
-                let code = checkout_sqlstate(&error);
-                self.reject_request(first, code, &error.to_string()).await
-            }
-        }
-    }
-
-    /// Answers a request that cannot be served as PostgreSQL answers a
-    /// failed one: ErrorResponse, the rest of an extended-protocol batch
-    /// discarded up to its Sync, then ReadyForQuery.
-    async fn reject_request(&mut self, first: Frame, code: &str, message: &str) -> Result<(), End> {
-        let mut out = BytesMut::new();
-        backend::error_response(&mut out, Severity::Error, code, message);
-        let mut frame = first;
-        loop {
-            self.in_buf.advance(frame.len);
-            if frame.tag == frontend::QUERY || frame.tag == frontend::SYNC {
-                break;
-            }
-            if frame.tag == frontend::FLUSH {
-                // The client may wait for replies before it sends Sync.
-                self.write(&out).await?;
-                out.clear();
-            }
-            frame = match self.next_request().await {
-                Ok(frame) if frame.tag == frontend::TERMINATE => return Err(End::Terminated),
-                Ok(frame) => frame,
-                Err(ClientError::Protocol(error)) => return Err(End::Protocol(error.to_string())),
-                Err(_) => return Err(End::Gone),
-            };
-        }
-        backend::ready_for_query(&mut out, STATUS_IDLE);
-        self.write(&out).await
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
         self.stream.write_all(bytes).await.map_err(|_| End::Gone)
     }
 
@@ -253,18 +320,40 @@ impl Session {
         }
     }
 
+    /// Closes the held server connection: it failed or may hold the
+    /// leftovers of a request that is being run elsewhere.
+    fn drop_server(&mut self) {
+        if let Some(request) = self.request.take() {
+            self.shared
+                .router
+                .finished(request.decision.node, request.started);
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.mark_broken();
+        }
+        self.release();
+    }
+
     /// Gives back the server connection of a client that has gone: rolled
     /// back and, in session mode, reset; closed when that is not possible.
-    async fn cleanup(&mut self, server: Option<PooledServer>) {
+    async fn cleanup(&mut self) {
         self.cancel.slot.set(None);
-        let Some(mut server) = server else {
+        if let Some(request) = self.request.take() {
+            self.shared
+                .router
+                .finished(request.decision.node, request.started);
+        }
+        let Some(mut server) = self.server.take() else {
             return;
         };
         let reset_query = match self.mode {
-            PoolMode::Session => Some(self.pools.primary().settings.reset_query.as_str()),
+            PoolMode::Session => Some(server_reset_query(&self.pools)),
             PoolMode::Transaction => None,
         };
-        let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, reset::clean(&mut server, reset_query));
+        let cleaned = tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            reset::clean(&mut server, reset_query.as_deref()),
+        );
         match cleaned.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
@@ -279,9 +368,17 @@ impl Session {
         Pool::release(server);
     }
 
-    async fn send_error(&mut self, severity: Severity, code: &str, message: &str) {
+    pub(super) async fn send_error(&mut self, severity: Severity, code: &str, message: &str) {
         let mut out = BytesMut::new();
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;
     }
+}
+
+fn server_reset_query(pools: &PoolSet) -> String {
+    pools
+        .nodes
+        .first()
+        .map(|pool| pool.settings.reset_query.clone())
+        .unwrap_or_default()
 }

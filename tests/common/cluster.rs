@@ -155,11 +155,11 @@ impl Cluster {
         }
     }
 
-    /// One cluster per test binary with 1 replica, started lazily on first
+    /// One cluster per test binary with 2 replicas, started lazily on first
     /// use. Never dropped: the guardian cleans up when the process exits.
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
-        SHARED.get_or_init(|| Cluster::start(1))
+        SHARED.get_or_init(|| Cluster::start(2))
     }
 
     pub fn primary(&self) -> &NodeInfo {
@@ -304,6 +304,32 @@ impl Cluster {
                 .arg(&node.data_dir)
                 .args(["-m", "fast", "-w", "-t", "60", "stop"]),
             "pg_ctl stop",
+            Some(node),
+        );
+    }
+
+    /// Stops a node at once, as a crash would (`pg_ctl stop -m immediate`).
+    /// Only for private clusters.
+    pub fn kill_node(&self, node: &NodeInfo) {
+        run_checked(
+            pg_cmd("pg_ctl", &self.dir)
+                .arg("-D")
+                .arg(&node.data_dir)
+                .args(["-m", "immediate", "-w", "-t", "60", "stop"]),
+            "pg_ctl stop -m immediate",
+            Some(node),
+        );
+    }
+
+    /// Promotes a replica to primary (`pg_ctl promote`, waiting for it).
+    /// Only for private clusters.
+    pub fn promote_node(&self, node: &NodeInfo) {
+        run_checked(
+            pg_cmd("pg_ctl", &self.dir)
+                .arg("-D")
+                .arg(&node.data_dir)
+                .args(["-w", "-t", "60", "promote"]),
+            "pg_ctl promote",
             Some(node),
         );
     }

@@ -78,7 +78,7 @@ async fn primary_accepts_scram_md5_and_trust_logins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_streams_from_primary() {
     let cluster = Cluster::shared();
-    assert_eq!(cluster.replicas().len(), 1);
+    assert_eq!(cluster.replicas().len(), 2);
     let replica = &cluster.replicas()[0];
     assert_ne!(replica.port, cluster.primary().port);
 

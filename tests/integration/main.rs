@@ -10,4 +10,6 @@ mod cli;
 mod harness;
 mod pooling;
 mod queries;
+mod routing;
+mod routing_lag;
 mod startup;

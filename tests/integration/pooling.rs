@@ -111,7 +111,10 @@ async fn checkout_timeout_gives_53300_naming_the_pool_and_the_session_survives()
     let router = Pgrouter::start(&config);
     let a = router.connect("app", APP_PASSWORD, &db).await;
     let b = router.connect("app", APP_PASSWORD, &db).await;
+    // A plain BEGIN holds nothing yet (pgrouter defers it): the first
+    // statement of the transaction takes the connection.
     a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
     let error = b.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     let message = error.as_db_error().unwrap().message().to_owned();

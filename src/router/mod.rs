@@ -1,0 +1,359 @@
+//! Which node may serve a request. The router takes values and returns
+//! values: a classification of the SQL, the session's routing state and
+//! the topology in; a node and the reason out. It never touches a socket
+//! (only the function-volatility lookup talks to the primary, once per
+//! function name).
+
+pub mod balance;
+pub mod cache;
+pub mod classify;
+mod functions;
+mod writes;
+
+use crate::config::{Config, Fallback, ReadYourWrites, Route};
+use crate::topology::{Lsn, Topology};
+use balance::{Balancer, Candidate, NodeLoad};
+use cache::ClassCache;
+use classify::{Classification, Hint, Kind};
+use functions::Functions;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+pub use writes::SessionWrites;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    Replica,
+}
+
+/// Why a request went where it went: for logs, metrics and EXPLAIN ROUTE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The classifier found a write (its label says what).
+    Write(&'static str),
+    /// A SELECT calls a function that may write.
+    WriteFunction,
+    /// Changes session state, which lives on the primary for now.
+    SessionState(&'static str),
+    /// An explicit read-write transaction.
+    Transaction,
+    /// A read-only transaction.
+    ReadOnlyTransaction,
+    Read,
+    /// The session must see its own writes and no replica has them yet.
+    ReadYourWrites,
+    Hint,
+    /// `route` of the user or database, or `SET pgrouter.route`.
+    Pinned,
+    /// The parser could not read the SQL.
+    ParseFailure,
+    /// No replica may serve the read.
+    Fallback,
+    /// read_write_split is off, or session mode.
+    NoSplit,
+    /// Nothing to classify (e.g. a Bind of a statement parsed before).
+    Unclassified,
+}
+
+impl Reason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Write(_) => "write",
+            Reason::WriteFunction => "write function",
+            Reason::SessionState(_) => "session state",
+            Reason::Transaction => "transaction",
+            Reason::ReadOnlyTransaction => "read-only transaction",
+            Reason::Read => "read",
+            Reason::ReadYourWrites => "read-your-writes",
+            Reason::Hint => "hint",
+            Reason::Pinned => "pinned",
+            Reason::ParseFailure => "parse failure",
+            Reason::Fallback => "fallback",
+            Reason::NoSplit => "no split",
+            Reason::Unclassified => "unclassified",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub node: usize,
+    pub target: Target,
+    pub reason: Reason,
+    /// An autocommit read on a replica: it may be retried elsewhere when
+    /// the replica fails or refuses it before answering.
+    pub retryable: bool,
+    /// Runs on the primary and may write: the session's read-your-writes
+    /// state advances when it completes.
+    pub may_write: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no primary node is reachable")]
+    NoPrimary,
+    #[error("no replica may serve this read and routing.fallback is \"error\"")]
+    NoReplica,
+}
+
+/// What the router needs to know of one session.
+#[derive(Debug)]
+pub struct SessionRoute {
+    /// The user's or database's `route`, or `SET pgrouter.route`.
+    pub setting: Route,
+    /// default_transaction_read_only is on: every transaction is read-only.
+    pub read_only_default: bool,
+    pub writes: SessionWrites,
+}
+
+pub struct Router {
+    topology: Arc<Topology>,
+    balancer: Balancer,
+    loads: Vec<NodeLoad>,
+    cache: ClassCache,
+    functions: Functions,
+    read_write_split: bool,
+    primary_reads: bool,
+    read_your_writes: ReadYourWrites,
+    ryw_window: Duration,
+    fallback: Fallback,
+}
+
+impl Router {
+    pub fn new(config: &Config, topology: Arc<Topology>) -> Router {
+        let routing = &config.routing;
+        let weights: Vec<u32> = config.nodes.iter().map(|n| n.weight).collect();
+        Router {
+            balancer: Balancer::new(balance_policy(routing.balance), &weights),
+            loads: config.nodes.iter().map(|_| NodeLoad::default()).collect(),
+            cache: ClassCache::new(routing.statement_cache_size),
+            functions: Functions::new(config),
+            read_write_split: routing.read_write_split,
+            primary_reads: routing.primary_reads,
+            read_your_writes: routing.read_your_writes,
+            ryw_window: routing.ryw_window.0,
+            fallback: routing.fallback,
+            topology,
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn load(&self, node: usize) -> &NodeLoad {
+        &self.loads[node]
+    }
+
+    pub fn read_your_writes(&self) -> ReadYourWrites {
+        self.read_your_writes
+    }
+
+    pub fn splits(&self) -> bool {
+        self.read_write_split
+    }
+
+    /// The classification of a SQL text, parsed once and then cached.
+    pub fn classify(&self, sql: &str) -> Arc<Classification> {
+        self.cache.get_or_classify(sql)
+    }
+
+    /// Remembers that a SQL text writes although it was classified as a
+    /// read (it failed on a replica with 25006).
+    pub fn learn_write(&self, sql: &str) {
+        tracing::warn!(
+            sql,
+            "a read the classifier missed wrote: routing it to the primary from now on"
+        );
+        let mut class = (*self.classify(sql)).clone();
+        class.kind = Kind::Write(LEARNED_WRITE);
+        self.cache.replace(sql, Arc::new(class));
+    }
+
+    fn primary(&self, reason: Reason, may_write: bool) -> Result<Decision, RouteError> {
+        let node = self.topology.primary().ok_or(RouteError::NoPrimary)?;
+        Ok(Decision {
+            node,
+            target: Target::Primary,
+            reason,
+            retryable: false,
+            may_write,
+        })
+    }
+
+    /// Where a session-mode client's whole session runs.
+    pub fn session_node(
+        &self,
+        session: &SessionRoute,
+        client: IpAddr,
+    ) -> Result<Decision, RouteError> {
+        match session.setting {
+            Route::Replica => self.read(Reason::Pinned, false, None, client),
+            _ => self.primary(Reason::NoSplit, true),
+        }
+    }
+
+    /// Routes the request that starts a transaction (or is one).
+    pub async fn decide(
+        &self,
+        class: Option<&Classification>,
+        session: &SessionRoute,
+        client: IpAddr,
+    ) -> Result<Decision, RouteError> {
+        if !self.read_write_split {
+            return self.primary(Reason::NoSplit, true);
+        }
+        match session.setting {
+            Route::Primary => return self.primary(Reason::Pinned, true),
+            Route::Replica => return self.read(Reason::Pinned, false, None, client),
+            Route::Auto => {}
+        }
+        let Some(class) = class else {
+            return self.primary(Reason::Unclassified, true);
+        };
+        match class.hint {
+            Some(Hint::Primary) => return self.primary(Reason::Hint, true),
+            Some(Hint::Replica) => return self.read(Reason::Hint, false, None, client),
+            None => {}
+        }
+        let floor = self.ryw_floor(&session.writes);
+        match &class.kind {
+            Kind::Read => {
+                for name in &class.functions {
+                    if self.functions.may_write(name, &self.topology).await {
+                        return self.primary(Reason::WriteFunction, true);
+                    }
+                }
+                self.read(Reason::Read, true, floor, client)
+            }
+            Kind::Begin { read_only: true } | Kind::SetTransactionReadOnly => {
+                self.read(Reason::ReadOnlyTransaction, false, floor, client)
+            }
+            Kind::Begin { read_only: false } if session.read_only_default => {
+                self.read(Reason::ReadOnlyTransaction, false, floor, client)
+            }
+            Kind::Begin { .. } => self.primary(Reason::Transaction, true),
+            Kind::Write(what) => self.primary(Reason::Write(what), true),
+            Kind::SessionState(what) => self.primary(Reason::SessionState(what), true),
+            Kind::SetRoute(_) => self.primary(Reason::SessionState("set"), false),
+            Kind::TransactionControl => self.primary(Reason::Transaction, false),
+            Kind::Unparsable => {
+                tracing::debug!("unparsable SQL routed to the primary");
+                self.primary(Reason::ParseFailure, true)
+            }
+        }
+    }
+
+    /// The WAL position a replica must have replayed to serve this session
+    /// (`Some(Lsn(u64::MAX))`: none may), or `None` for any replica.
+    fn ryw_floor(&self, writes: &SessionWrites) -> Option<Lsn> {
+        let last = writes.last()?;
+        match self.read_your_writes {
+            ReadYourWrites::Off => None,
+            ReadYourWrites::Session => Some(Lsn(u64::MAX)),
+            ReadYourWrites::Window => {
+                (last.at.elapsed() < self.ryw_window).then_some(Lsn(u64::MAX))
+            }
+            ReadYourWrites::Lsn => Some(match last.lsn {
+                Some((lsn, epoch)) if epoch == self.topology.epoch() => lsn,
+                Some(_) => self.topology.epoch_floor(),
+                None => Lsn(u64::MAX),
+            }),
+        }
+    }
+
+    /// Picks a node for a read: a replica in service that has replayed
+    /// `floor`, or the primary when it takes reads; when none may,
+    /// read-your-writes sends the read to the primary and otherwise
+    /// `fallback` decides.
+    fn read(
+        &self,
+        reason: Reason,
+        retryable: bool,
+        floor: Option<Lsn>,
+        client: IpAddr,
+    ) -> Result<Decision, RouteError> {
+        let topology = &self.topology;
+        let primary = topology.primary();
+        let mut candidates = [Candidate {
+            index: 0,
+            weight: 0,
+            load: &self.loads[0],
+        }; MAX_CANDIDATES];
+        let mut count = 0;
+        let mut held_back = false;
+        for (index, node) in topology.nodes().iter().enumerate().take(MAX_CANDIDATES) {
+            let eligible = if Some(index) == primary {
+                self.primary_reads && topology.is_available(index)
+            } else if topology.replica_in_service(index) {
+                let caught_up = floor.is_none_or(|floor| node.lsn() >= floor);
+                held_back |= !caught_up;
+                caught_up
+            } else {
+                false
+            };
+            if eligible {
+                candidates[count] = Candidate {
+                    index,
+                    weight: node.weight,
+                    load: &self.loads[index],
+                };
+                count += 1;
+            }
+        }
+        if let Some(node) = self.balancer.pick(&candidates[..count], client) {
+            let target = if Some(node) == primary {
+                Target::Primary
+            } else {
+                Target::Replica
+            };
+            return Ok(Decision {
+                node,
+                target,
+                reason,
+                retryable: retryable && target == Target::Replica,
+                may_write: false,
+            });
+        }
+        if held_back || floor.is_some() {
+            return self.primary(Reason::ReadYourWrites, false);
+        }
+        match self.fallback {
+            Fallback::Primary => self.primary(Reason::Fallback, false),
+            Fallback::Error => Err(RouteError::NoReplica),
+        }
+    }
+
+    /// Marks the start and end of a request on a node, for balancing.
+    pub fn started(&self, node: usize) -> Instant {
+        self.loads[node].begin();
+        Instant::now()
+    }
+
+    pub fn finished(&self, node: usize, started: Instant) {
+        let load = &self.loads[node];
+        load.end();
+        load.observe(started.elapsed());
+    }
+}
+
+/// The reason label of a SQL text that failed on a replica with 25006.
+pub const LEARNED_WRITE: &str = "learned write";
+
+/// Reads are balanced over at most this many nodes (more are ignored), so
+/// that a decision needs no allocation.
+const MAX_CANDIDATES: usize = 16;
+
+fn balance_policy(balance: crate::config::Balance) -> balance::Policy {
+    use crate::config::Balance;
+    match balance {
+        Balance::RoundRobin => balance::Policy::RoundRobin,
+        Balance::WeightedRoundRobin => balance::Policy::WeightedRoundRobin,
+        Balance::LeastConnections => balance::Policy::LeastConnections,
+        Balance::LeastResponseTime => balance::Policy::LeastResponseTime,
+        Balance::IpHash => balance::Policy::IpHash,
+    }
+}

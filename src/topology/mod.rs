@@ -1,0 +1,239 @@
+//! What pgrouter knows about its nodes right now: which one is the primary,
+//! which are up, how far each replica lags, which are banned. Monitors write
+//! it, the router reads it on every routing decision, so it is all atomics.
+
+mod history;
+pub mod lsn;
+pub mod monitor;
+
+use crate::config::{Config, NodeRole};
+use history::PrimaryHistory;
+pub use lsn::Lsn;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const NO_PRIMARY: usize = usize::MAX;
+
+pub struct NodeState {
+    pub name: Arc<str>,
+    pub configured_role: NodeRole,
+    pub weight: u32,
+    /// Whether the node is the primary now: its configured role, or for
+    /// role = "auto" what pg_is_in_recovery() last said.
+    is_primary: AtomicBool,
+    /// The last check succeeded.
+    healthy: AtomicBool,
+    /// Milliseconds since the topology started; 0: not banned.
+    banned_until: AtomicU64,
+    /// The primary's current WAL position, or a replica's replayed one.
+    lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_millis: AtomicU64,
+}
+
+impl NodeState {
+    pub fn is_primary(&self) -> bool {
+        self.is_primary.load(Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    pub fn lsn(&self) -> Lsn {
+        Lsn(self.lsn.load(Relaxed))
+    }
+
+    pub fn lag_bytes(&self) -> u64 {
+        self.lag_bytes.load(Relaxed)
+    }
+
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_millis.load(Relaxed))
+    }
+}
+
+/// One monitor round's findings for a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub in_recovery: bool,
+    /// pg_current_wal_lsn() on a primary, pg_last_wal_replay_lsn() on a replica.
+    pub lsn: Lsn,
+}
+
+pub struct Topology {
+    nodes: Vec<NodeState>,
+    started: Instant,
+    primary: AtomicUsize,
+    /// Bumped whenever another node becomes the primary; WAL positions
+    /// taken under an older epoch mean nothing on the new timeline.
+    epoch: AtomicU64,
+    /// The new primary's position when it took over: a replica must reach
+    /// it before it serves reads that must see writes from before.
+    epoch_floor: AtomicU64,
+    history: PrimaryHistory,
+    ban_time: Duration,
+    max_lag: Duration,
+    max_lag_bytes: u64,
+}
+
+impl Topology {
+    pub fn new(config: &Config) -> Topology {
+        let nodes: Vec<NodeState> = config
+            .nodes
+            .iter()
+            .map(|node| {
+                let role = *node.role.get_ref();
+                NodeState {
+                    name: node.name.get_ref().as_str().into(),
+                    configured_role: role,
+                    weight: node.weight,
+                    is_primary: AtomicBool::new(role == NodeRole::Primary),
+                    // Optimistic until the first check says otherwise.
+                    healthy: AtomicBool::new(true),
+                    banned_until: AtomicU64::new(0),
+                    lsn: AtomicU64::new(0),
+                    lag_bytes: AtomicU64::new(0),
+                    lag_millis: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let primary = nodes
+            .iter()
+            .position(|n| n.configured_role == NodeRole::Primary)
+            .unwrap_or(NO_PRIMARY);
+        let routing = &config.routing;
+        Topology {
+            nodes,
+            started: Instant::now(),
+            primary: AtomicUsize::new(primary),
+            epoch: AtomicU64::new(0),
+            epoch_floor: AtomicU64::new(0),
+            history: PrimaryHistory::default(),
+            ban_time: routing.ban_time.0,
+            max_lag: routing.max_replica_lag.0,
+            max_lag_bytes: routing.max_replica_lag_bytes.0,
+        }
+    }
+
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.nodes
+    }
+
+    pub fn node(&self, index: usize) -> &NodeState {
+        &self.nodes[index]
+    }
+
+    /// The node that takes writes now, if any is known.
+    pub fn primary(&self) -> Option<usize> {
+        let index = self.primary.load(Relaxed);
+        (index != NO_PRIMARY).then_some(index)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Relaxed)
+    }
+
+    /// The lowest position a replica must have replayed to serve a session
+    /// whose writes happened under `epoch`, or before any write.
+    pub fn epoch_floor(&self) -> Lsn {
+        Lsn(self.epoch_floor.load(Relaxed))
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn is_banned(&self, index: usize) -> bool {
+        self.nodes[index].banned_until.load(Relaxed) > self.now_millis()
+    }
+
+    /// Takes a node out of service for `ban_time`.
+    pub fn ban(&self, index: usize, why: &str) {
+        let node = &self.nodes[index];
+        let until = self.now_millis() + self.ban_time.as_millis() as u64;
+        let before = node.banned_until.swap(until, Relaxed);
+        if before <= self.now_millis() {
+            tracing::warn!(node = %node.name, reason = why, ban_time = ?self.ban_time, "node banned");
+        }
+    }
+
+    /// Whether the node may take traffic at all.
+    pub fn is_available(&self, index: usize) -> bool {
+        self.nodes[index].healthy() && !self.is_banned(index)
+    }
+
+    /// Whether a replica may serve reads: available and not too far behind.
+    pub fn replica_in_service(&self, index: usize) -> bool {
+        let node = &self.nodes[index];
+        !node.is_primary()
+            && self.is_available(index)
+            && node.lag_bytes() <= self.max_lag_bytes
+            && node.lag() <= self.max_lag
+    }
+
+    /// Records a failed check: the node is down and banned.
+    pub fn check_failed(&self, index: usize, why: &str) {
+        self.nodes[index].healthy.store(false, Relaxed);
+        self.ban(index, why);
+        if self.primary() == Some(index) && self.nodes[index].configured_role == NodeRole::Auto {
+            self.elect_primary();
+        }
+    }
+
+    /// Records a successful check.
+    pub fn report(&self, index: usize, sample: Sample) {
+        let node = &self.nodes[index];
+        let was_healthy = node.healthy.swap(true, Relaxed);
+        if !was_healthy {
+            tracing::info!(node = %node.name, "node is up");
+        }
+        node.lsn.store(sample.lsn.0, Relaxed);
+        if node.configured_role == NodeRole::Auto {
+            node.is_primary.store(!sample.in_recovery, Relaxed);
+        }
+        if node.is_primary() {
+            self.history.record(self.started.elapsed(), sample.lsn);
+            node.lag_bytes.store(0, Relaxed);
+            node.lag_millis.store(0, Relaxed);
+        } else {
+            let primary_lsn = self.primary().map_or(sample.lsn, |p| self.nodes[p].lsn());
+            let behind = primary_lsn.0.saturating_sub(sample.lsn.0);
+            let lag = if behind == 0 {
+                Duration::ZERO
+            } else {
+                self.history.lag_behind(self.started.elapsed(), sample.lsn)
+            };
+            node.lag_bytes.store(behind, Relaxed);
+            node.lag_millis.store(lag.as_millis() as u64, Relaxed);
+        }
+        if node.configured_role == NodeRole::Auto || self.primary().is_none() {
+            self.elect_primary();
+        }
+    }
+
+    /// Picks the primary among the nodes that say they are one: a
+    /// configured primary first, then the first `auto` node in config order.
+    fn elect_primary(&self) {
+        let claims = |index: &usize| {
+            let node = &self.nodes[*index];
+            node.is_primary() && node.healthy()
+        };
+        let elected = (0..self.nodes.len())
+            .filter(claims)
+            .min_by_key(|&i| self.nodes[i].configured_role != NodeRole::Primary)
+            .unwrap_or(NO_PRIMARY);
+        let before = self.primary.swap(elected, Relaxed);
+        if before != elected && elected != NO_PRIMARY {
+            let node = &self.nodes[elected];
+            self.epoch_floor.store(node.lsn().0, Relaxed);
+            self.epoch.fetch_add(1, Relaxed);
+            self.history.clear();
+            tracing::warn!(node = %node.name, "node is now the primary");
+        } else if before != elected {
+            tracing::warn!("no primary is reachable");
+        }
+    }
+}
