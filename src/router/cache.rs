@@ -22,6 +22,8 @@ use super::classify::{classify, Classification};
 pub const MAX_CACHED_LEN: usize = 16 * 1024;
 
 const MAX_SHARDS: usize = 16;
+/// Small shards would evict early when texts hash unevenly.
+const MIN_SHARD_CAPACITY: usize = 64;
 
 /// A bounded, thread-safe cache from SQL text to its classification.
 pub struct ClassCache {
@@ -48,9 +50,10 @@ struct Slot {
 
 impl ClassCache {
     /// A cache holding at most `capacity` texts (0: cache nothing). The
-    /// capacity is split evenly over the shards, rounding down.
+    /// capacity is split evenly over the shards (rounding down), each
+    /// holding at least [`MIN_SHARD_CAPACITY`] texts if the capacity allows.
     pub fn new(capacity: usize) -> Self {
-        let shard_count = capacity.clamp(1, MAX_SHARDS);
+        let shard_count = (capacity / MIN_SHARD_CAPACITY).clamp(1, MAX_SHARDS);
         let per_shard = capacity / shard_count;
         let shards = (0..shard_count)
             .map(|_| {
@@ -205,13 +208,13 @@ mod tests {
 
     #[test]
     fn eviction_keeps_the_size_within_capacity() {
-        for capacity in [1, 3, 16, 17, 100] {
+        for capacity in [1, 3, 16, 17, 100, 1000, 1030] {
             let cache = ClassCache::new(capacity);
             for i in 0..capacity * 5 + 7 {
                 cache.get_or_classify(&format!("SELECT {i}"));
                 assert!(cache.len() <= capacity, "capacity {capacity}");
             }
-            assert!(cache.len() > 0);
+            assert!(!cache.is_empty());
         }
     }
 
@@ -248,7 +251,7 @@ mod tests {
     #[test]
     fn long_texts_are_not_cached() {
         let cache = ClassCache::new(8);
-        let long = format!("SELECT 1{}", " + 1".repeat(MAX_CACHED_LEN / 4));
+        let long = format!("SELECT 1{}", ", 1".repeat(MAX_CACHED_LEN / 3));
         assert_eq!(cache.get_or_classify(&long).kind, Kind::Read);
         assert_eq!(cache.len(), 0);
     }
@@ -285,8 +288,13 @@ mod tests {
             std::hint::black_box(cache.get_or_classify(std::hint::black_box(sql)));
         }
         let per_hit = start.elapsed() / rounds;
-        // Generous, for unoptimised builds on a busy machine; release builds
-        // take around 100 ns.
-        assert!(per_hit < std::time::Duration::from_micros(5), "{per_hit:?}");
+        eprintln!("cache hit: {per_hit:?}");
+        // Measured: ~100 ns in release builds, ~1 µs in debug builds; the
+        // bounds leave room for a busy machine.
+        let bound = if cfg!(debug_assertions) { 25 } else { 2 };
+        assert!(
+            per_hit < std::time::Duration::from_micros(bound),
+            "{per_hit:?}"
+        );
     }
 }

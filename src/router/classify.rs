@@ -38,7 +38,7 @@ mod tests;
 pub use functions::{
     READ_ONLY_BUILTIN_PREFIXES, READ_ONLY_VOLATILE_BUILTINS, SQL_SYNTAX_FUNCTIONS,
 };
-pub use piece::{MAX_EXPR_DEPTH, MAX_PARSE_LEN, PARSER_RECURSION_LIMIT};
+pub use piece::{MAX_BRACKET_DEPTH, MAX_EXPR_DEPTH, MAX_PARSE_LEN, PARSER_RECURSION_LIMIT};
 
 /// A routing hint from a `/* pgrouter: primary */` (or `-- pgrouter: replica`)
 /// comment.
@@ -114,7 +114,7 @@ pub fn classify(sql: &str) -> Classification {
     let mut kinds = Vec::with_capacity(scan.pieces.len());
     let mut functions = Vec::new();
     for piece in scan.pieces {
-        let outcome = piece::classify_piece(piece);
+        let outcome = piece::classify_piece(&piece);
         kinds.extend(outcome.kinds);
         functions.extend(outcome.functions);
     }

@@ -7,14 +7,18 @@
 //!
 //! - the walk gives up past [`MAX_EXPR_DEPTH`] nested expressions
 //!   (`Unparsable`);
-//! - statements longer than [`MAX_PARSE_LEN`] are not parsed (`Unparsable`);
-//! - the stack a statement may need is estimated from its length; if that
-//!   exceeds what the caller is assumed to have to spare
-//!   ([`INLINE_STACK`], well within the 2 MiB of a runtime worker thread),
-//!   the statement is parsed on a short-lived helper thread with that much
-//!   stack. Only long statements do this, once each (the verdicts are
-//!   cached). The per-level costs were measured (release: about 64 bytes a
-//!   level; debug builds walk with ~3 KiB frames) and are used with a margin.
+//! - statements longer than [`MAX_PARSE_LEN`] or with more than
+//!   [`MAX_BRACKET_DEPTH`] nested brackets are not parsed (`Unparsable`);
+//! - the stack a statement may need is estimated from its length and
+//!   bracket depth (parsing recurses at each nested subquery, with large
+//!   frames: up to ~50 KiB a level). If that exceeds what the caller is
+//!   assumed to have to spare ([`INLINE_STACK`], half the 2 MiB of a runtime
+//!   worker thread), the statement is parsed on a short-lived helper thread
+//!   with that much stack. In release builds that is statements over about
+//!   2 KiB or with deep brackets, once each (verdicts are cached); debug
+//!   builds, whose walk frames are ~2 KiB, do it for all but short ones.
+//!   The costs below were measured on adversarial shapes (see the tests)
+//!   and are used with a margin.
 //!
 //! A panic while parsing (untrusted input reaching a sqlparser bug) makes the
 //! statement `Unparsable` too.
@@ -22,6 +26,7 @@
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::scan::Piece;
 use super::{fallback, statement, Kind};
 
 /// The parser's recursion limit: about 15 nested subqueries or 30 nested
@@ -32,15 +37,25 @@ pub const PARSER_RECURSION_LIMIT: usize = 32;
 pub const MAX_EXPR_DEPTH: usize = 4096;
 /// Statements longer than this are not parsed: `Unparsable`.
 pub const MAX_PARSE_LEN: usize = 1024 * 1024;
+/// Statements nesting `(` and `[` deeper than this are not parsed:
+/// `Unparsable` (the parser, which spends at least one unit of its
+/// recursion limit on each such level we know of, would give up anyway).
+pub const MAX_BRACKET_DEPTH: usize = 2 * PARSER_RECURSION_LIMIT;
 
 /// Stack the caller is assumed to have to spare.
-const INLINE_STACK: usize = usize::MAX;
-/// Parsing up to [`PARSER_RECURSION_LIMIT`] and classifying, apart from
-/// chains (measured: ~0.7 MiB release, ~0.8 MiB debug).
-const FIXED_STACK: usize = if cfg!(debug_assertions) { 960 } else { 900 } * 1024;
-/// Per level of a chain, to walk it (capped by MAX_EXPR_DEPTH) ...
+const INLINE_STACK: usize = 1024 * 1024;
+/// Parsing and classifying a statement without brackets or chains,
+/// including nesting that needs no brackets (CASE, NOT) up to the recursion
+/// limit (measured: at most ~250 KiB release, ~290 KiB debug).
+const BASE_STACK: usize = 384 * 1024;
+/// Per level of bracket nesting (measured: at most ~46 KiB release, ~50 KiB
+/// debug, for subqueries in FROM).
+const BRACKET_STACK: usize = 64 * 1024;
+/// Per level of a chain, to walk it (capped by MAX_EXPR_DEPTH; measured:
+/// ~30 bytes release, ~2.1 KiB debug) ...
 const WALK_STACK_PER_LEVEL: usize = if cfg!(debug_assertions) { 4096 } else { 256 };
-/// ... and to drop it. A level takes at least two bytes of SQL (`+1`).
+/// ... and to drop it (measured: ~30 bytes release, ~100 bytes debug). A
+/// level takes at least two bytes of SQL (`+1`).
 const DROP_STACK_PER_LEVEL: usize = 256;
 
 /// The verdicts of one statement's text (usually one) and the functions it
@@ -59,23 +74,24 @@ impl PieceOutcome {
     }
 }
 
-/// The stack classifying a `len`-byte statement may need.
-fn stack_needed(len: usize) -> usize {
-    let levels = len / 2 + 1;
-    FIXED_STACK
+/// The stack classifying `piece` may need.
+pub(super) fn stack_needed(piece: &Piece<'_>) -> usize {
+    let levels = piece.text.len() / 2 + 1;
+    BASE_STACK
+        + piece.depth * BRACKET_STACK
         + levels.min(MAX_EXPR_DEPTH) * WALK_STACK_PER_LEVEL
-        + levels.saturating_mul(DROP_STACK_PER_LEVEL)
+        + levels * DROP_STACK_PER_LEVEL
 }
 
-pub(super) fn classify_piece(piece: &str) -> PieceOutcome {
-    if piece.len() > MAX_PARSE_LEN {
+pub(super) fn classify_piece(piece: &Piece<'_>) -> PieceOutcome {
+    if piece.text.len() > MAX_PARSE_LEN || piece.depth > MAX_BRACKET_DEPTH {
         return PieceOutcome::unparsable();
     }
-    let stack = stack_needed(piece.len());
+    let stack = stack_needed(piece);
     if stack <= INLINE_STACK {
-        return classify_here(piece);
+        return classify_here(piece.text);
     }
-    let owned = piece.to_owned();
+    let owned = piece.text.to_owned();
     std::thread::Builder::new()
         .name("pgrouter-classify".into())
         .stack_size(stack)
@@ -86,7 +102,7 @@ pub(super) fn classify_piece(piece: &str) -> PieceOutcome {
 }
 
 /// Parses and classifies one statement's text on this thread.
-fn classify_here(piece: &str) -> PieceOutcome {
+pub(super) fn classify_here(piece: &str) -> PieceOutcome {
     let run = || {
         let dialect = PostgreSqlDialect {};
         let parsed = Parser::new(&dialect)

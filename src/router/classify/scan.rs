@@ -16,10 +16,17 @@ use super::Hint;
 pub(super) struct Scan<'a> {
     /// The statements, without their `;`. Pieces holding only whitespace and
     /// comments (empty statements) are left out.
-    pub pieces: Vec<&'a str>,
+    pub pieces: Vec<Piece<'a>>,
     /// `Primary` if any comment asks for the primary, else `Replica` if one
     /// asks for a replica.
     pub hint: Option<Hint>,
+}
+
+/// One statement's text.
+pub(super) struct Piece<'a> {
+    pub text: &'a str,
+    /// The deepest nesting of `(` and `[` in it.
+    pub depth: usize,
 }
 
 pub(super) fn scan(sql: &str) -> Scan<'_> {
@@ -28,6 +35,8 @@ pub(super) fn scan(sql: &str) -> Scan<'_> {
     let mut hint = None;
     let mut start = 0;
     let mut content = false;
+    let mut depth = 0usize;
+    let mut max_depth = 0usize;
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         let next = b.get(i + 1).copied();
@@ -45,13 +54,16 @@ pub(super) fn scan(sql: &str) -> Scan<'_> {
                 continue;
             }
             b';' => {
-                if content {
-                    if let Some(piece) = sql.get(start..i) {
-                        pieces.push(piece);
-                    }
+                if let (true, Some(text)) = (content, sql.get(start..i)) {
+                    pieces.push(Piece {
+                        text,
+                        depth: max_depth,
+                    });
                 }
                 start = i + 1;
                 content = false;
+                depth = 0;
+                max_depth = 0;
                 i += 1;
                 continue;
             }
@@ -75,13 +87,23 @@ pub(super) fn scan(sql: &str) -> Scan<'_> {
                 Some(len) => dollar_quote_end(sql, i, len),
                 None => i + 1,
             },
+            b'(' | b'[' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+                i + 1
+            }
+            b')' | b']' => {
+                depth = depth.saturating_sub(1);
+                i + 1
+            }
             _ => i + 1,
         };
     }
-    if content {
-        if let Some(piece) = sql.get(start..) {
-            pieces.push(piece);
-        }
+    if let (true, Some(text)) = (content, sql.get(start..)) {
+        pieces.push(Piece {
+            text,
+            depth: max_depth,
+        });
     }
     Scan { pieces, hint }
 }

@@ -2,8 +2,9 @@
 //! here is a write (`Write("other")`): the classifier fails closed.
 
 use sqlparser::ast::{
-    ContextModifier, CopySource, CopyTarget, DeclareType, Expr, ObjectName, ObjectNamePart, Set,
-    Statement, TransactionAccessMode, TransactionIsolationLevel, TransactionMode, Value,
+    ContextModifier, CopySource, CopyTarget, Declare, DeclareType, Expr, ObjectName,
+    ObjectNamePart, Set, Statement, TransactionAccessMode, TransactionIsolationLevel,
+    TransactionMode, Value,
 };
 
 use super::walk::{walk_query, Effect};
@@ -30,22 +31,7 @@ pub(super) fn classify_statement(statement: &Statement, functions: &mut Vec<Box<
             let analyze = *analyze || options.iter().flatten().any(is_analyze_option);
             explain(statement, analyze, functions)
         }
-        S::Declare { stmts, .. } => {
-            let mut effect = Effect::Read;
-            for declare in stmts {
-                effect = effect.max(match (&declare.declare_type, &declare.for_query) {
-                    (Some(DeclareType::Cursor), Some(query)) => {
-                        let effect = walk_query(query, functions);
-                        match (effect, declare.hold) {
-                            (Effect::Read, Some(true)) => Effect::Session("declare with hold"),
-                            (effect, _) => effect,
-                        }
-                    }
-                    _ => Effect::Write("other"),
-                });
-            }
-            kind_of(effect)
-        }
+        S::Declare { stmts, .. } => declare(stmts, functions),
         // Cursor use: the cursor lives on the connection that declared it,
         // which the transaction (or a WITH HOLD pin) already fixes.
         S::Fetch { .. } => Kind::Read,
@@ -205,6 +191,28 @@ fn copy(source: &CopySource, to: bool, target: &CopyTarget, functions: &mut Vec<
     }
 }
 
+/// DECLARE CURSOR: what its query does; WITH HOLD keeps the cursor (session
+/// state) past the transaction.
+fn declare(declares: &[Declare], functions: &mut Vec<Box<str>>) -> Kind {
+    if declares.is_empty() {
+        return Kind::Write("other");
+    }
+    let mut effect = Effect::Read;
+    for declare in declares {
+        effect = effect.max(match (&declare.declare_type, &declare.for_query) {
+            (Some(DeclareType::Cursor), Some(query)) => {
+                match (walk_query(query, functions), declare.hold) {
+                    (Effect::Read, Some(true)) => Effect::Session("declare with hold"),
+                    (effect, _) => effect,
+                }
+            }
+            // Not a cursor: not PostgreSQL.
+            _ => Effect::Write("other"),
+        });
+    }
+    kind_of(effect)
+}
+
 /// Plain EXPLAIN only plans (Read; but EXPLAIN EXECUTE needs the session's
 /// prepared statement). EXPLAIN ANALYZE runs the statement: a read stays a
 /// read, anything else needs the primary.
@@ -223,9 +231,11 @@ fn explain(statement: &Statement, analyze: bool, functions: &mut Vec<Box<str>>) 
     }
 }
 
-/// `ANALYZE` in `EXPLAIN (...)`, unless its value is literally false.
+/// `ANALYZE` (or `ANALYSE`) in `EXPLAIN (...)`, unless its value is
+/// literally false.
 fn is_analyze_option(option: &sqlparser::ast::UtilityOption) -> bool {
-    if !option.name.value.eq_ignore_ascii_case("analyze") {
+    let name = &option.name.value;
+    if !(name.eq_ignore_ascii_case("analyze") || name.eq_ignore_ascii_case("analyse")) {
         return false;
     }
     let off = |s: &str| {

@@ -110,7 +110,7 @@ const CASES: &[(&str, Kind)] = &[
     (
         "SELECT * FROM t WHERE id IN (WITH m AS (MERGE INTO t USING s ON t.id = s.id \
          WHEN MATCHED THEN DELETE RETURNING t.id) SELECT id FROM m)",
-        Unparsable,
+        W("data-modifying cte"),
     ),
     // EXPLAIN.
     ("EXPLAIN DELETE FROM t", Read),
@@ -120,6 +120,9 @@ const CASES: &[(&str, Kind)] = &[
     ("EXPLAIN ANALYZE VERBOSE UPDATE t SET a = 1", W("explain analyze write")),
     ("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t", W("explain analyze write")),
     ("EXPLAIN (ANALYZE true) INSERT INTO t VALUES (1)", W("explain analyze write")),
+    ("EXPLAIN (analyse) DELETE FROM t", W("explain analyze write")),
+    ("EXPLAIN ANALYSE DELETE FROM t", Unparsable),
+    ("EXPLAIN (ANALYZE 1) DELETE FROM t", W("explain analyze write")),
     ("EXPLAIN (ANALYZE false) DELETE FROM t", Read),
     ("EXPLAIN (ANALYZE off) DELETE FROM t", Read),
     ("EXPLAIN ANALYZE SELECT * FROM t", Read),
@@ -377,12 +380,33 @@ fn statements_combine() {
         ("SELECT 'a;b'; SELECT $$;$$; SELECT \"x;\" FROM t", Read, 3),
         ("SELECT 1 /* ; */; SELECT 2 -- ;\n; SELECT 3", Read, 3),
         ("SELECT $1; DELETE FROM t", W("delete"), 2),
+        // Where PostgreSQL ends strings and comments, so does the split.
+        ("SELECT 'a\\'; DELETE FROM t; --'", W("delete"), 2),
+        ("SELECT E'a\\\\'; DELETE FROM t; --'", W("delete"), 2),
+        ("SELECT E'a\\'; DELETE FROM t; --'", Read, 1),
+        ("SELECT date'2020-01-01'; DELETE FROM t", W("delete"), 2),
+        ("/* /* */ ; DELETE FROM t; */ SELECT 1", Read, 1),
+        ("SELECT 1 -- ; DELETE FROM t", Read, 1),
+        ("SELECT $a$ ; DELETE FROM t; $b$", Unparsable, 1),
+        ("SELECT a FROM t FOR/**/UPDATE", W("locking clause"), 1),
+        (
+            "SELECT a FROM t FOR/**/NO -- x\n KEY UPDATE",
+            W("locking clause"),
+            1,
+        ),
     ];
     for (sql, expected, statements) in cases {
         let got = classify(sql);
         assert_eq!(&got.kind, expected, "{sql:?}");
         assert_eq!(got.statements, *statements, "{sql:?}");
     }
+}
+
+#[test]
+fn sql_function_bodies_with_semicolons_go_to_the_primary() {
+    let sql = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END";
+    let got = classify(sql);
+    assert!(matches!(got.kind, W(_) | Unparsable), "{got:?}");
 }
 
 #[test]
@@ -700,4 +724,80 @@ fn deeply_nested_input_does_not_overflow_the_stack() {
     }
     let huge = format!("SELECT 1{}", " + 1".repeat(MAX_PARSE_LEN / 4 + 1));
     assert_eq!(classify(&huge).kind, Unparsable);
+}
+
+/// The stack estimate holds for the shapes that need the most stack per
+/// byte or per bracket: each runs on a thread with exactly the estimated
+/// stack (an overflow would abort the test run).
+#[test]
+fn the_stack_estimate_covers_adversarial_shapes() {
+    fn nest(open: &str, inner: &str, close: &str, n: usize) -> String {
+        format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+    }
+    let mut texts = Vec::new();
+    for n in [1, 5, 10, 15, 20, 31, 33, 40, 64, 65] {
+        texts.extend([
+            nest("SELECT * FROM (", "SELECT 1", ") x", n),
+            nest("SELECT (", "SELECT 1", ")", n),
+            nest("SELECT * FROM t, LATERAL (SELECT * FROM t", "", ") x", n),
+            nest("SELECT * FROM (", "VALUES (1)", ") x", n),
+            nest("(SELECT 1 UNION ", "SELECT 1", ")", n),
+            nest("SELECT * FROM (t JOIN ", "t", " ON true)", n),
+            nest("WITH a AS (", "SELECT 1", ") SELECT 1", n),
+            nest("SELECT 1 WHERE EXISTS (SELECT 1 WHERE ", "true", ")", n),
+            nest("SELECT CASE WHEN true THEN ", "1", " END", n),
+            nest("SELECT f(", "1", ") OVER (ORDER BY 1)", n),
+            nest("SELECT ARRAY[", "1", "]", n),
+            nest("SELECT (", "1", ")", n),
+            format!("SELECT {}true", "NOT ".repeat(n)),
+            format!("SELECT {}1", "- ".repeat(n)),
+        ]);
+    }
+    for n in [10, 100, 1000, 4095, 4097, 20_000] {
+        texts.extend([
+            format!("SELECT 1{}", "+1".repeat(n)),
+            format!("SELECT 1 WHERE {}true", "a OR ".repeat(n)),
+            format!("SELECT 1{}", "::int".repeat(n)),
+            format!("SELECT x{}", "[1]".repeat(n)),
+            format!("SELECT 1{}", " UNION SELECT 1".repeat(n)),
+            format!("SELECT * FROM t{}", " JOIN t ON true".repeat(n)),
+        ]);
+    }
+    for text in texts {
+        let scan = scan::scan(&text);
+        let [piece] = scan.pieces.as_slice() else {
+            panic!("one statement expected: {text}");
+        };
+        if piece.depth > MAX_BRACKET_DEPTH {
+            continue;
+        }
+        let stack = piece::stack_needed(piece);
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || piece::classify_here(&text))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
+
+#[test]
+fn limits_make_statements_unparsable() {
+    let chain = |n: usize| format!("SELECT 1 WHERE {}true", "a OR ".repeat(n));
+    assert_eq!(classify(&chain(MAX_EXPR_DEPTH - 10)).kind, Read);
+    assert_eq!(classify(&chain(MAX_EXPR_DEPTH + 10)).kind, Unparsable);
+    let parens = |n: usize| format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n));
+    assert_eq!(classify(&parens(20)).kind, Read);
+    assert_eq!(classify(&parens(MAX_BRACKET_DEPTH + 1)).kind, Unparsable);
+    let subqueries = |n: usize| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
+    assert_eq!(classify(&subqueries(10)).kind, Read);
+    assert_eq!(
+        classify(&subqueries(PARSER_RECURSION_LIMIT)).kind,
+        Unparsable
+    );
+    let long = format!("SELECT 1{}", ", 1".repeat(MAX_PARSE_LEN / 3));
+    assert_eq!(classify(&long).kind, Unparsable);
+    // A long flat statement is read (on a helper thread).
+    let in_list = format!("SELECT * FROM t WHERE id IN (1{})", ", 1".repeat(100_000));
+    assert_eq!(classify(&in_list).kind, Read);
 }
