@@ -166,12 +166,11 @@ fn main() {
     );
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
-        cluster
-            .superuser(cluster.primary(), "app")
-            .await
-            .batch_execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO app; VACUUM ANALYZE")
+        let su = cluster.superuser(cluster.primary(), "app").await;
+        su.batch_execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO app")
             .await
             .expect("grants");
+        su.batch_execute("VACUUM ANALYZE").await.expect("vacuum");
         cluster.wait_replicas_caught_up().await;
     });
 

@@ -45,7 +45,7 @@ pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str
             .routing(&format!("read_your_writes = \"{ryw}\"")),
         None => config.routing("read_write_split = false"),
     };
-    std::env::set_var("PGROUTER_TEST_LOG", "warn");
+    std::env::set_var("PGROUTER_TEST_LOG", "warn,pgrouter::app=info");
     let router = Pgrouter::start(&config.build());
     Target {
         name: name.into(),

@@ -120,6 +120,9 @@ pub struct Router {
     read_your_writes: ReadYourWrites,
     ryw_window: Duration,
     fallback: Fallback,
+    /// Whether any read can go to another node than the primary: without
+    /// replicas, sessions' writes need no tracking.
+    has_replicas: bool,
 }
 
 impl Router {
@@ -136,6 +139,7 @@ impl Router {
             read_your_writes: routing.read_your_writes,
             ryw_window: routing.ryw_window.0,
             fallback: routing.fallback,
+            has_replicas: config.nodes.len() > 1,
             topology,
         }
     }
@@ -148,8 +152,14 @@ impl Router {
         &self.loads[node]
     }
 
+    /// The read-your-writes mode in force: `Off` when no read can reach
+    /// a replica anyway.
     pub fn read_your_writes(&self) -> ReadYourWrites {
-        self.read_your_writes
+        if self.read_write_split && self.has_replicas {
+            self.read_your_writes
+        } else {
+            ReadYourWrites::Off
+        }
     }
 
     pub fn splits(&self) -> bool {
@@ -200,7 +210,7 @@ impl Router {
     pub async fn decide(
         &self,
         class: Option<&Classification>,
-        session: &SessionRoute,
+        session: &mut SessionRoute,
         client: IpAddr,
     ) -> Result<Decision, RouteError> {
         if !self.read_write_split {
@@ -219,7 +229,7 @@ impl Router {
             Some(Hint::Replica) => return self.read(Reason::Hint, false, None, client),
             None => {}
         }
-        let floor = self.ryw_floor(&session.writes);
+        let floor = self.ryw_floor(&mut session.writes);
         match &class.kind {
             Kind::Read => {
                 for name in &class.functions {
@@ -249,7 +259,10 @@ impl Router {
 
     /// The WAL position a replica must have replayed to serve this session
     /// (`Some(Lsn(u64::MAX))`: none may), or `None` for any replica.
-    fn ryw_floor(&self, writes: &SessionWrites) -> Option<Lsn> {
+    fn ryw_floor(&self, writes: &mut SessionWrites) -> Option<Lsn> {
+        if self.read_your_writes == ReadYourWrites::Lsn {
+            writes.resolve(self.topology.insert_position());
+        }
         let last = writes.last()?;
         match self.read_your_writes {
             ReadYourWrites::Off => None,

@@ -6,8 +6,9 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LastWrite {
     pub at: Instant,
-    /// The primary's WAL insert position after the write committed, and
-    /// the topology epoch it was taken in; `None` if it could not be read.
+    /// A reading of the primary's WAL insert position taken after the
+    /// write committed, and the topology epoch it was taken in; `None`
+    /// until the monitor has made one.
     pub lsn: Option<(Lsn, u64)>,
 }
 
@@ -21,10 +22,21 @@ impl SessionWrites {
         self.last.as_ref()
     }
 
-    pub fn record(&mut self, lsn: Option<(Lsn, u64)>) {
+    /// A transaction that may have written has just committed.
+    pub fn record(&mut self) {
         self.last = Some(LastWrite {
             at: Instant::now(),
-            lsn,
+            lsn: None,
         });
+    }
+
+    /// Takes the first insert-position reading made after the last write
+    /// as that write's position.
+    pub fn resolve(&mut self, reading: Option<crate::topology::InsertPosition>) {
+        if let (Some(last), Some(reading)) = (self.last.as_mut(), reading) {
+            if last.lsn.is_none() && reading.asked_at > last.at {
+                last.lsn = Some((reading.lsn, reading.epoch));
+            }
+        }
     }
 }

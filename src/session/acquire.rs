@@ -18,7 +18,11 @@ impl Session {
     /// Routes the request that starts with `first` and checks out a server
     /// connection for it, or answers it without one.
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
-        let sql = frontend::query_text(&self.in_buf[..first.len]);
+        // Without a split nothing depends on the SQL: it is not even looked at.
+        let sql = match self.router().splits() {
+            true => frontend::query_text(&self.in_buf[..first.len]),
+            false => None,
+        };
         let class = sql.map(|sql| self.router().classify(sql));
         if first.tag == frontend::QUERY {
             if let Some(class) = &class {
@@ -41,13 +45,15 @@ impl Session {
                     hint: class.as_ref().and_then(|c| c.hint),
                     statements: 1,
                 };
-                self.router()
-                    .decide(Some(&begin), &self.route, self.peer.ip())
+                let router = self.shared.router.clone();
+                router
+                    .decide(Some(&begin), &mut self.route, self.peer.ip())
                     .await
             }
             PoolMode::Transaction => {
-                self.router()
-                    .decide(class.as_deref(), &self.route, self.peer.ip())
+                let router = self.shared.router.clone();
+                router
+                    .decide(class.as_deref(), &mut self.route, self.peer.ip())
                     .await
             }
         };
@@ -96,9 +102,9 @@ impl Session {
                             .ban(decision.node, "cannot open a server connection");
                         // A read may go to another replica (or the primary).
                         if decision.target == Target::Replica && attempts == 1 {
-                            let rerouted = self
-                                .router()
-                                .decide(class.as_deref(), &self.route, self.peer.ip())
+                            let router = self.shared.router.clone();
+                            let rerouted = router
+                                .decide(class.as_deref(), &mut self.route, self.peer.ip())
                                 .await;
                             if let Ok(next) = rerouted {
                                 decision = next;

@@ -12,8 +12,7 @@ use crate::pool::{Pool, PoolSet, PooledServer};
 use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
 use crate::router::{Decision, Router, SessionRoute, SessionWrites};
-use crate::server::{reset, simple};
-use crate::topology::Lsn;
+use crate::server::reset;
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -246,37 +245,19 @@ impl Session {
             .router
             .finished(request.decision.node, request.started);
         if request.decision.may_write {
-            self.record_write().await;
+            self.record_write();
         }
         self.release();
     }
 
-    /// After a transaction that may have written: for `lsn` mode, the
-    /// primary's WAL insert position, read on the same connection, is at or
-    /// past the commit.
-    async fn record_write(&mut self) {
-        let mode = self.shared.router.read_your_writes();
-        if mode == ReadYourWrites::Off {
-            return;
+    /// After a transaction that may have written: read-your-writes
+    /// starts from here. No round trip: in `lsn` mode the write's position
+    /// is the first reading of the primary's insert position made after
+    /// now (see `SessionWrites::resolve`).
+    fn record_write(&mut self) {
+        if self.shared.router.read_your_writes() != ReadYourWrites::Off {
+            self.route.writes.record();
         }
-        let mut lsn = None;
-        if mode == ReadYourWrites::Lsn {
-            if let Some(server) = self.server.as_mut() {
-                let position =
-                    simple::query(server, "SELECT pg_current_wal_insert_lsn()", true).await;
-                match position {
-                    Ok(Some(text)) => {
-                        lsn = Lsn::parse(&text).map(|l| (l, self.shared.topology.epoch()))
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot read the WAL position after a write");
-                        server.mark_broken();
-                    }
-                }
-            }
-        }
-        self.route.writes.record(lsn);
     }
 
     /// Waits for the client's next whole message while it holds no server

@@ -61,6 +61,19 @@ pub struct Sample {
     pub in_recovery: bool,
     /// pg_current_wal_lsn() on a primary, pg_last_wal_replay_lsn() on a replica.
     pub lsn: Lsn,
+    /// pg_current_wal_insert_lsn() on a primary.
+    pub insert_lsn: Option<Lsn>,
+    /// When the check was sent.
+    pub asked_at: Instant,
+}
+
+/// A reading of the primary's WAL insert position: at or past every
+/// commit acknowledged before `asked_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsertPosition {
+    pub asked_at: Instant,
+    pub lsn: Lsn,
+    pub epoch: u64,
 }
 
 pub struct Topology {
@@ -74,6 +87,7 @@ pub struct Topology {
     /// it before it serves reads that must see writes from before.
     epoch_floor: AtomicU64,
     history: PrimaryHistory,
+    insert_position: parking_lot::Mutex<Option<InsertPosition>>,
     ban_time: Duration,
     max_lag: Duration,
     max_lag_bytes: u64,
@@ -112,6 +126,7 @@ impl Topology {
             epoch: AtomicU64::new(0),
             epoch_floor: AtomicU64::new(0),
             history: PrimaryHistory::default(),
+            insert_position: parking_lot::Mutex::new(None),
             ban_time: routing.ban_time.0,
             max_lag: routing.max_replica_lag.0,
             max_lag_bytes: routing.max_replica_lag_bytes.0,
@@ -134,6 +149,11 @@ impl Topology {
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Relaxed)
+    }
+
+    /// The newest reading of the primary's WAL insert position.
+    pub fn insert_position(&self) -> Option<InsertPosition> {
+        *self.insert_position.lock()
     }
 
     /// The lowest position a replica must have replayed to serve a session
@@ -196,6 +216,13 @@ impl Topology {
         }
         if node.is_primary() {
             self.history.record(self.started.elapsed(), sample.lsn);
+            if let (Some(lsn), Some(_)) = (sample.insert_lsn, self.primary().filter(|&p| p == index)) {
+                *self.insert_position.lock() = Some(InsertPosition {
+                    asked_at: sample.asked_at,
+                    lsn,
+                    epoch: self.epoch(),
+                });
+            }
             node.lag_bytes.store(0, Relaxed);
             node.lag_millis.store(0, Relaxed);
         } else {
@@ -231,6 +258,7 @@ impl Topology {
             self.epoch_floor.store(node.lsn().0, Relaxed);
             self.epoch.fetch_add(1, Relaxed);
             self.history.clear();
+            *self.insert_position.lock() = None;
             tracing::warn!(node = %node.name, "node is now the primary");
         } else if before != elected {
             tracing::warn!("no primary is reachable");

@@ -5,12 +5,15 @@ use super::{Lsn, Sample, Topology};
 use crate::config::Address;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// One query answers everything, on a primary as on a replica.
 const CHECK: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-     ELSE pg_current_wal_lsn() END)::text";
+     ELSE pg_current_wal_lsn() END)::text, \
+    (CASE WHEN pg_is_in_recovery() THEN NULL \
+     ELSE pg_current_wal_insert_lsn() END)::text";
 
 pub struct MonitorTarget {
     pub index: usize,
@@ -80,6 +83,9 @@ impl Monitor {
         let Some(session) = &self.session else {
             return Err("no monitor connection".into());
         };
+        // Taken before the query is sent: the insert position the primary
+        // reports is at or past every commit acknowledged before this.
+        let asked_at = Instant::now();
         let row = session
             .client
             .query_one(&session.check, &[])
@@ -87,9 +93,12 @@ impl Monitor {
             .map_err(|e| format!("health check failed: {e}"))?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+        let insert_lsn: Option<String> = row.try_get(2).map_err(|e| e.to_string())?;
         Ok(Sample {
             in_recovery,
             lsn: lsn.as_deref().and_then(Lsn::parse).unwrap_or_default(),
+            insert_lsn: insert_lsn.as_deref().and_then(Lsn::parse),
+            asked_at,
         })
     }
 
