@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -93,6 +93,20 @@ pub struct PoolDefaults {
     pub server_lifetime: Duration,
     pub server_connect_timeout: Duration,
     pub reset_query: String,
+    /// Prepared statements one server connection keeps (least recently
+    /// used closed first).
+    pub max_prepared_statements: usize,
+    /// Transaction mode: whether session state that cannot be moved
+    /// between server connections pins the client to one ("allow") or is
+    /// refused with 0A000 ("error").
+    pub pinning: Pinning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pinning {
+    Allow,
+    Error,
 }
 
 impl Default for PoolDefaults {
@@ -107,6 +121,8 @@ impl Default for PoolDefaults {
             server_lifetime: secs(3600),
             server_connect_timeout: secs(5),
             reset_query: "DISCARD ALL".into(),
+            max_prepared_statements: 500,
+            pinning: Pinning::Allow,
         }
     }
 }
@@ -197,6 +213,7 @@ pub struct DatabaseConfig {
     /// Pins this database's traffic to the primary or the replicas.
     #[serde(default)]
     pub route: Route,
+    pub pinning: Option<Pinning>,
 }
 
 /// One database's pool settings: its overrides applied over `[pool]`.
@@ -210,6 +227,8 @@ pub struct PoolSettings {
     pub server_lifetime: std::time::Duration,
     pub server_connect_timeout: std::time::Duration,
     pub reset_query: String,
+    pub max_prepared_statements: usize,
+    pub pinning: Pinning,
 }
 
 impl Config {
@@ -235,6 +254,8 @@ impl Config {
                 .reset_query
                 .clone()
                 .unwrap_or_else(|| defaults.reset_query.clone()),
+            max_prepared_statements: defaults.max_prepared_statements.max(1),
+            pinning: db.pinning.unwrap_or(defaults.pinning),
         }
     }
 

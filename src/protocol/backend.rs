@@ -126,6 +126,10 @@ pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: i32) {
     });
 }
 
+pub fn parse_complete(buf: &mut BytesMut) {
+    message(buf, b'1', |_| {});
+}
+
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     message(buf, b'C', |buf| put_cstr(buf, tag));
 }

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod backend;
+pub mod extended;
 pub mod frontend;
 pub mod scan;
 pub mod startup;

@@ -17,8 +17,13 @@ pub enum Reply {
     CopyIn,
     CopyOut,
     CopyBoth,
-    Error,
+    /// An ErrorResponse, with its SQLSTATE when it came early in the body
+    /// (PostgreSQL puts it third), else zeros.
+    Error([u8; 5]),
 }
+
+/// Enough of an ErrorResponse's body to hold severity and code.
+const ERROR_HEAD: usize = 48;
 
 #[derive(Debug, Default)]
 pub struct ReplyScanner {
@@ -28,6 +33,8 @@ pub struct ReplyScanner {
     body_left: usize,
     /// The current message is a ReadyForQuery whose status byte is next.
     status_next: bool,
+    /// The start of the current ErrorResponse's body, while it is read.
+    error_head: Option<([u8; ERROR_HEAD], usize)>,
 }
 
 impl ReplyScanner {
@@ -49,6 +56,19 @@ impl ReplyScanner {
                     report(Reply::ReadyForQuery(chunk[0]));
                 }
                 let skip = self.body_left.min(chunk.len());
+                if let Some((head, filled)) = self.error_head.as_mut() {
+                    let take = skip.min(ERROR_HEAD - *filled);
+                    head[*filled..*filled + take].copy_from_slice(&chunk[..take]);
+                    *filled += take;
+                    if *filled == ERROR_HEAD || skip == self.body_left {
+                        let filled = *filled;
+                        let code = super::answer::error_code(&head[..filled])
+                            .and_then(|c| <[u8; 5]>::try_from(c).ok())
+                            .unwrap_or([0; 5]);
+                        self.error_head = None;
+                        report(Reply::Error(code));
+                    }
+                }
                 self.body_left -= skip;
                 chunk = &chunk[skip..];
                 continue;
@@ -88,7 +108,8 @@ impl ReplyScanner {
                 COPY_IN_RESPONSE => report(Reply::CopyIn),
                 COPY_OUT_RESPONSE => report(Reply::CopyOut),
                 COPY_BOTH_RESPONSE => report(Reply::CopyBoth),
-                ERROR_RESPONSE => report(Reply::Error),
+                ERROR_RESPONSE if self.body_left == 0 => report(Reply::Error([0; 5])),
+                ERROR_RESPONSE => self.error_head = Some(([0; ERROR_HEAD], 0)),
                 _ => {}
             }
         }
@@ -113,7 +134,7 @@ mod tests {
         bytes.extend(message(b'C', b"SELECT 1\0"));
         bytes.extend(message(b'Z', b"T"));
         bytes.extend(message(b'G', &[0; 3]));
-        bytes.extend(message(b'E', b"x\0\0"));
+        bytes.extend(message(b'E', b"SERROR\0C42P01\0Mno\0\0"));
         bytes.extend(message(b'Z', b"I"));
         bytes
     }
@@ -122,7 +143,7 @@ mod tests {
         vec![
             Reply::ReadyForQuery(b'T'),
             Reply::CopyIn,
-            Reply::Error,
+            Reply::Error(*b"42P01"),
             Reply::ReadyForQuery(b'I'),
         ]
     }

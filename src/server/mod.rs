@@ -4,12 +4,14 @@
 //! long as the connection in the pool, not as long as any client.
 
 mod connect;
+pub mod prepared;
 pub mod reset;
 pub mod simple;
 pub mod state;
 
 pub use connect::{connect, ConnectParams};
 
+use crate::prepared::ServerStatements;
 use crate::protocol::scan::ReplyScanner;
 use bytes::BytesMut;
 use state::ServerState;
@@ -59,6 +61,10 @@ pub struct ServerConn {
     /// or a client that left in the middle of a request.
     pub(crate) broken: bool,
     pub(crate) idle_since: Instant,
+    /// The prepared statements this connection holds, by server name.
+    pub(crate) statements: ServerStatements,
+    /// The client settings applied to it since its last reset.
+    pub(crate) settings: Option<Arc<str>>,
     id: u64,
     node: Arc<str>,
     cancel: CancelTarget,
@@ -87,6 +93,8 @@ impl ServerConn {
             state: ServerState::default(),
             broken: false,
             idle_since: Instant::now(),
+            statements: ServerStatements::default(),
+            settings: None,
             id,
             node,
             cancel,

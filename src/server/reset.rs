@@ -21,6 +21,9 @@ pub async fn clean(conn: &mut ServerConn, reset_query: Option<&str>) -> Result<(
     }
     if let Some(sql) = reset_query.filter(|sql| !sql.trim().is_empty()) {
         simple::query(conn, sql, true).await?;
+        // DISCARD ALL and DEALLOCATE drop prepared statements.
+        conn.statements.clear();
+        conn.settings = None;
     }
     conn.state = Default::default();
     Ok(())

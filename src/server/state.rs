@@ -20,6 +20,9 @@ pub struct ServerState {
     copy_in: bool,
     /// The status of the last ReadyForQuery.
     transaction_status: u8,
+    /// The server said a cached plan's result type changed: the statement
+    /// last bound is stale.
+    stale_plan: bool,
 }
 
 impl Default for ServerState {
@@ -29,6 +32,7 @@ impl Default for ServerState {
             batch_open: false,
             syncs_since_execute: 0,
             copy_in: false,
+            stale_plan: false,
             transaction_status: STATUS_IDLE,
         }
     }
@@ -74,8 +78,19 @@ impl ServerState {
                 self.copy_in = false;
             }
             Reply::CopyIn => self.copy_in = true,
+            Reply::Error(code) if &code == b"0A000" => self.stale_plan = true,
             _ => {}
         }
+    }
+
+    /// Whether a stale cached plan was reported since the last call.
+    pub fn take_stale_plan(&mut self) -> bool {
+        std::mem::take(&mut self.stale_plan)
+    }
+
+    /// Some ReadyForQuery is still to come.
+    pub fn awaiting_ready(&self) -> bool {
+        self.ready_owed > 0
     }
 
     /// Nothing is in flight: every request has been answered.

@@ -3,11 +3,13 @@
 //! one), routing, and checking out a server connection on the chosen node.
 
 use super::login::checkout_sqlstate;
+use super::pin::{self, SessionEffect};
 use super::serve::{End, Request, Session};
 use crate::client::ClientError;
-use crate::config::{PoolMode, Route};
+use crate::config::{Pinning, PoolMode, Route};
 use crate::pool::CheckoutError;
 use crate::protocol::backend::{self, sqlstate, Severity, STATUS_IDLE, STATUS_IN_TRANSACTION};
+use crate::protocol::extended;
 use crate::protocol::frontend::{self, Frame};
 use crate::router::classify::{Classification, Kind, RouteSetting};
 use crate::router::{Decision, RouteError, Target};
@@ -23,13 +25,65 @@ impl Session {
             true => frontend::query_text(&self.in_buf[..first.len]),
             false => None,
         };
-        let class = sql.map(|sql| self.router().classify(sql));
+        let class = match sql {
+            Some(sql) => Some(self.router().classify(sql)),
+            // A Bind or Describe of a named statement: its class was made
+            // when the client parsed it.
+            None if self.router().splits() => extended::statement_name(&self.in_buf[..first.len])
+                .and_then(|name| self.statements.get(name))
+                .and_then(|statement| statement.class.clone()),
+            None => None,
+        };
         if first.tag == frontend::QUERY {
             if let Some(class) = &class {
                 if self.answer_locally(first, class).await? {
                     return Ok(());
                 }
             }
+        }
+        if first.tag == frontend::PARSE && self.prepare_locally(first).await? {
+            return Ok(());
+        }
+        let mut effect = SessionEffect::None;
+        if self.mode == PoolMode::Transaction {
+            let message = &self.in_buf[..first.len];
+            if let Some(sql) = frontend::query_text(message) {
+                if pin::may_change_session(sql) {
+                    let class = match &class {
+                        Some(class) => class.clone(),
+                        None => self.router().classify(sql),
+                    };
+                    effect = pin::effect(&class, Some(sql));
+                }
+            } else if let Some(statement) =
+                extended::statement_name(message).and_then(|name| self.statements.get(name))
+            {
+                // A Bind of a named statement does what its text says.
+                if let Some(class) = &statement.class {
+                    effect = pin::effect(class, None);
+                }
+            }
+        }
+        match effect {
+            SessionEffect::Pin(reason)
+                if self.pools.nodes[0].settings.pinning == Pinning::Error =>
+            {
+                let message = format!(
+                    "{reason} is not allowed here: it would tie this session to one server \
+                     connection, and pinning = \"error\" for database \"{}\"",
+                    self.identity.database
+                );
+                return self
+                    .reject_request(first, sqlstate::FEATURE_NOT_SUPPORTED, &message)
+                    .await;
+            }
+            SessionEffect::Deallocate
+                if first.tag == frontend::QUERY && self.deallocate_locally(first).await? =>
+            {
+                return Ok(());
+            }
+            SessionEffect::Discard => self.statements.clear(),
+            _ => {}
         }
         let deferred = self.deferred_begin.is_some();
         let decision = match self.mode {
@@ -67,7 +121,20 @@ impl Session {
                 return self.reject_request(first, code, &error.to_string()).await;
             }
         };
-        self.check_out(first, decision, class).await
+        self.check_out(first, decision, class).await?;
+        match effect {
+            SessionEffect::Pin(reason) if self.server.is_some() => {
+                tracing::debug!(peer = %self.peer, reason, "client pinned to its server connection");
+                self.pinned = Some(reason);
+            }
+            SessionEffect::Discard => {
+                if let Some(server) = self.server.as_mut() {
+                    server.statements.clear();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn check_out(
@@ -81,11 +148,26 @@ impl Session {
             attempts += 1;
             let pool = self.pools.nodes[decision.node].clone();
             match pool.checkout().await {
-                Ok(server) => {
+                Ok(mut server) => {
+                    if let Err(error) = apply_settings(&mut server, &self.identity.settings).await {
+                        tracing::warn!(%error, "cannot apply the client's startup parameters");
+                        server.mark_broken();
+                        crate::pool::Pool::release(server);
+                        return self
+                            .reject_request(first, sqlstate::CONNECTION_FAILURE, &error.to_string())
+                            .await;
+                    }
                     self.cancel.slot.set(Some(server.cancel_target().clone()));
                     self.server = Some(server);
                     let started = self.router().started(decision.node);
-                    self.request = Some(Request { decision, started });
+                    let guarded = decision.retryable && !self.retrying;
+                    self.retrying = false;
+                    self.retry_buf.clear();
+                    self.request = Some(Request {
+                        decision,
+                        started,
+                        guarded,
+                    });
                     if let Some(begin) = self.deferred_begin.take() {
                         let mut joined = BytesMut::with_capacity(begin.len() + self.in_buf.len());
                         joined.extend_from_slice(&begin);
@@ -166,6 +248,84 @@ impl Session {
         Ok(true)
     }
 
+    /// A lone Parse of a named statement followed by Sync needs no server:
+    /// the statement is recorded and prepared on a server connection when
+    /// the client first uses it. (A client that prepares synchronously
+    /// while its neighbours in the same thread hold every connection, as
+    /// pgbench -M prepared does, would otherwise wait for ever.)
+    async fn prepare_locally(&mut self, first: Frame) -> Result<bool, End> {
+        let Ok(parse) = extended::parse(&self.in_buf[..first.len]) else {
+            return Ok(false);
+        };
+        let next = frontend::frame(&self.in_buf[first.len..], usize::MAX);
+        if parse.name.is_empty() || !matches!(next, Ok(Some(f)) if f.tag == frontend::SYNC) {
+            return Ok(false);
+        }
+        let router = self.shared.router.clone();
+        let statement = self.shared.registry.intern(parse.query, parse.types, || {
+            Some(router.classify(parse.query))
+        });
+        self.statements.insert(parse.name, statement);
+        self.in_buf.advance(first.len + 5);
+        let status = if self.deferred_begin.is_some() {
+            STATUS_IN_TRANSACTION
+        } else {
+            STATUS_IDLE
+        };
+        let mut out = BytesMut::with_capacity(16);
+        backend::parse_complete(&mut out);
+        backend::ready_for_query(&mut out, status);
+        self.write(&out).await?;
+        Ok(true)
+    }
+
+    /// DEALLOCATE of statements the client prepared through the protocol
+    /// is answered here: the server-side statements are shared. Returns
+    /// false for a name the client did not prepare that way (a SQL-level
+    /// PREPARE, on its pinned connection, or an unknown one the server
+    /// refuses).
+    async fn deallocate_locally(&mut self, first: Frame) -> Result<bool, End> {
+        let sql = frontend::query_text(&self.in_buf[..first.len]).unwrap_or("");
+        let words: Vec<String> = sql
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let target = match words.as_slice() {
+            [_, name] => name,
+            [_, prepare, name] if prepare.eq_ignore_ascii_case("prepare") => name,
+            _ => return Ok(false),
+        };
+        let tag = if target.eq_ignore_ascii_case("all") {
+            if self.pinned.is_some() {
+                return Ok(false);
+            }
+            self.statements.clear();
+            "DEALLOCATE ALL"
+        } else {
+            // Unquoted names fold to lower case, as PostgreSQL folds them.
+            let name = match target.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(quoted) => quoted.to_owned(),
+                None => target.to_lowercase(),
+            };
+            if !self.statements.remove(&name) && !self.statements.remove(target) {
+                return Ok(false);
+            }
+            "DEALLOCATE"
+        };
+        self.in_buf.advance(first.len);
+        let status = if self.deferred_begin.is_some() {
+            STATUS_IN_TRANSACTION
+        } else {
+            STATUS_IDLE
+        };
+        let mut out = BytesMut::new();
+        backend::command_complete(&mut out, tag);
+        backend::ready_for_query(&mut out, status);
+        self.write(&out).await?;
+        Ok(true)
+    }
+
     /// A plain BEGIN is held back only where its first statement can still
     /// change where the transaction runs.
     fn defers_begin(&self, class: &Classification) -> bool {
@@ -215,6 +375,27 @@ impl Session {
         backend::ready_for_query(&mut out, status);
         self.write(&out).await
     }
+}
+
+/// Gives the connection the client's startup settings, unless it has
+/// them already (clients with the same settings share connections at no
+/// cost); a connection that has another client's settings is reset first.
+async fn apply_settings(
+    server: &mut crate::server::ServerConn,
+    settings: &Option<Arc<str>>,
+) -> Result<(), crate::server::ServerError> {
+    if server.settings.as_deref() == settings.as_deref() {
+        return Ok(());
+    }
+    if server.settings.is_some() {
+        crate::server::simple::query(server, "RESET ALL", true).await?;
+        server.settings = None;
+    }
+    if let Some(sql) = settings {
+        crate::server::simple::query(server, sql, true).await?;
+        server.settings = Some(sql.clone());
+    }
+    Ok(())
 }
 
 /// The command tag PostgreSQL gives a plain transaction-ending statement

@@ -29,6 +29,7 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub topology: Arc<Topology>,
     pub router: Arc<Router>,
+    pub registry: crate::prepared::Registry,
 }
 
 impl Shared {
@@ -44,6 +45,7 @@ impl Shared {
             checks,
             cancels: Default::default(),
             router: Arc::new(Router::new(&config, topology.clone())),
+            registry: Default::default(),
             topology,
             config,
         }
@@ -108,6 +110,11 @@ pub struct Identity {
     pub route: Route,
     /// default_transaction_read_only = on, from the startup parameters.
     pub read_only_default: bool,
+    /// The startup parameters to apply to every server connection the
+    /// client gets, as one query; `None` when there are none.
+    pub settings: Option<Arc<str>>,
+    /// The client's startup values of parameters the server reports.
+    pub reported: Vec<(String, String)>,
 }
 
 async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake, ClientError> {
@@ -156,13 +163,57 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
             .map_or(Route::Auto, |db| db.route),
         Some(pinned) => pinned,
     };
+    let (settings, reported) = startup_settings(&params);
     Ok(Handshake::Ready(Identity {
+        settings,
+        reported,
         read_only_default: read_only_default(&params),
         user,
         database,
         application_name,
         route,
     }))
+}
+
+/// The startup parameters a server connection must be given for this
+/// client (all but the connection's own: user, database, replication),
+/// with `options` taken apart, as one `set_config` query.
+fn startup_settings(params: &[(String, String)]) -> (Option<Arc<str>>, Vec<(String, String)>) {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                let words: Vec<&str> = value.split_whitespace().collect();
+                let mut i = 0;
+                while i < words.len() {
+                    let setting = match words[i] {
+                        "-c" => {
+                            i += 1;
+                            words.get(i).copied()
+                        }
+                        word => word.strip_prefix("-c").or_else(|| word.strip_prefix("--")),
+                    };
+                    if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+                        pairs.push((name.replace('-', "_"), value.to_owned()));
+                    }
+                    i += 1;
+                }
+            }
+            "client_encoding"
+                if value.eq_ignore_ascii_case("utf8") || value.eq_ignore_ascii_case("unicode") => {}
+            _ => pairs.push((name.clone(), value.clone())),
+        }
+    }
+    if pairs.is_empty() {
+        return (None, Vec::new());
+    }
+    let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let calls: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("set_config({}, {}, false)", quote(name), quote(value)))
+        .collect();
+    (Some(format!("SELECT {}", calls.join(", ")).into()), pairs)
 }
 
 /// Whether the startup parameters make every transaction read-only, given
@@ -188,21 +239,27 @@ fn read_only_default(params: &[(String, String)]) -> bool {
     })
 }
 
-/// AuthenticationOk, the server's ParameterStatus set, our BackendKeyData
-/// and ReadyForQuery, in one write.
+/// AuthenticationOk, the server's ParameterStatus set (with the client's
+/// own startup values where it gave them), our BackendKeyData and
+/// ReadyForQuery, in one write.
 pub(super) async fn send_welcome(
     stream: &mut TcpStream,
     server_params: &[(String, String)],
-    application_name: &str,
+    identity: &Identity,
     key: (i32, i32),
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     backend::authentication_ok(&mut out);
     for (name, value) in server_params {
-        let value = if name == "application_name" {
-            application_name
-        } else {
-            value
+        let own = identity
+            .reported
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        let value = match (name.as_str(), own) {
+            (_, Some(own)) => own,
+            ("application_name", None) => identity.application_name.as_str(),
+            _ => value,
         };
         backend::parameter_status(&mut out, name, value);
     }

@@ -7,6 +7,7 @@
 
 mod acquire;
 mod login;
+mod pin;
 mod relay;
 mod serve;
 

@@ -14,14 +14,19 @@
 //! known not to be a read-only violation, copying what the client sent so
 //! that the session can run it elsewhere.
 
+use super::pin;
+use crate::prepared::{ClientStatements, Registry, Statement};
 use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
-use crate::protocol::frontend::{self, TERMINATE};
+use crate::protocol::extended;
+use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, PARSE, TERMINATE};
 use crate::protocol::ProtocolError;
+use crate::router::Router;
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -52,7 +57,15 @@ pub enum RelayEnd {
     /// Guarded: the answer was ErrorResponse 25006 and nothing reached the
     /// client; the request belongs on the primary.
     ReadOnlyViolation,
+    /// The client uses a prepared statement this server connection lacks;
+    /// everything before it has been answered.
+    Prepare(Arc<Statement>),
 }
+
+/// The name a client's Close of a statement is turned into: closing a
+/// statement that does not exist is not an error, and the server's own
+/// statements stay for other clients.
+const CLOSED_STATEMENT: &str = "pgrouter_closed";
 
 pub struct Relay<'a> {
     pub client: &'a mut TcpStream,
@@ -61,12 +74,21 @@ pub struct Relay<'a> {
     pub max_message: usize,
     /// Transaction mode: end the relay as soon as the server is idle.
     pub release_when_idle: bool,
+    /// Set when a statement creates session state only this server
+    /// connection holds: it is then never released.
+    pub pinned: &'a mut Option<&'static str>,
     /// Replies to cut before the client's: one per request pgrouter put in
     /// front of the client's bytes.
     pub swallow: u32,
     /// Hold replies until the answer is judged, and copy the client's
     /// bytes here meanwhile.
     pub guard: Option<&'a mut BytesMut>,
+    /// The client's named statements, and what they are on servers.
+    pub statements: &'a mut ClientStatements,
+    pub registry: &'a Registry,
+    pub router: &'a Router,
+    /// Client messages rewritten for the server, waiting to be written.
+    pub server_out: &'a mut BytesMut,
 }
 
 struct Progress {
@@ -77,6 +99,11 @@ struct Progress {
     terminated: bool,
     /// How far the held replies have been judged.
     judged: usize,
+    /// A statement to prepare before the next client message can go.
+    prepare: Option<Arc<Statement>>,
+    /// The statement of the last Bind sent, which a stale-plan error is
+    /// about.
+    last_bound: Option<Arc<Statement>>,
 }
 
 impl Relay<'_> {
@@ -86,6 +113,8 @@ impl Relay<'_> {
             written: 0,
             terminated: false,
             judged: 0,
+            prepare: None,
+            last_bound: None,
         };
         poll_fn(|cx| self.poll(cx, &mut progress)).await
     }
@@ -94,13 +123,26 @@ impl Relay<'_> {
         loop {
             let mut moved = false;
 
-            if !p.terminated {
+            if !p.terminated && p.prepare.is_none() {
                 if let Err(error) = self.frame_client_messages(p) {
                     return Poll::Ready(RelayEnd::ClientProtocol(error));
                 }
             }
 
-            if p.framed > 0 {
+            if !self.server_out.is_empty() {
+                let server = Pin::new(&mut self.server.stream);
+                match server.poll_write(cx, self.server_out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(RelayEnd::ServerFailed(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.server_out.advance(n);
+                        moved = true;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(RelayEnd::ServerFailed(error)),
+                    Poll::Pending => {}
+                }
+            } else if p.framed > 0 {
                 let server = Pin::new(&mut self.server.stream);
                 match server.poll_write(cx, &self.client_in[..p.framed]) {
                     Poll::Ready(Ok(0)) => {
@@ -144,11 +186,24 @@ impl Relay<'_> {
                 }
             }
 
-            if p.framed == 0 && self.server.read_buf.is_empty() && !holding {
+            let all_sent = p.framed == 0 && self.server_out.is_empty();
+            // A guard holds replies, but with none outstanding there is
+            // nothing to hold: the statement can be prepared.
+            let quiet = all_sent
+                && self.server.read_buf.is_empty()
+                && self.swallow == 0
+                && !self.server.state.awaiting_ready();
+            if quiet && p.prepare.is_some() {
+                if let Some(statement) = p.prepare.take() {
+                    return Poll::Ready(RelayEnd::Prepare(statement));
+                }
+            }
+            if all_sent && self.server.read_buf.is_empty() && !holding {
                 if p.terminated {
                     return Poll::Ready(RelayEnd::ClientTerminated);
                 }
                 if self.release_when_idle
+                    && self.pinned.is_none()
                     && self.server.state.is_idle()
                     && self.server.scanner.at_boundary()
                 {
@@ -158,7 +213,14 @@ impl Relay<'_> {
 
             if self.server.read_buf.is_empty() || holding {
                 match self.poll_server_read(cx) {
-                    Poll::Ready(Ok(())) => moved = true,
+                    Poll::Ready(Ok(())) => {
+                        moved = true;
+                        if self.server.state.take_stale_plan() {
+                            if let Some(statement) = p.last_bound.take() {
+                                self.registry.invalidate(&statement);
+                            }
+                        }
+                    }
                     Poll::Ready(Err(error)) if self.guard.is_some() => {
                         return Poll::Ready(RelayEnd::FailedBeforeAnswer(error))
                     }
@@ -221,16 +283,155 @@ impl Relay<'_> {
     /// Frames every whole message after the already framed ones, recording
     /// each in the server's state. Terminate is held back: it ends the
     /// client, not the server connection.
+    ///
+    /// Messages naming a prepared statement are rewritten into
+    /// `server_out`; from the first such message on, everything is copied
+    /// there, so the server gets the bytes in the client's order.
     fn frame_client_messages(&mut self, p: &mut Progress) -> Result<(), ProtocolError> {
-        while let Some(frame) = frontend::frame(&self.client_in[p.framed..], self.max_message)? {
+        loop {
+            let copying = !self.server_out.is_empty();
+            let Some(frame) = frontend::frame(&self.client_in[p.framed..], self.max_message)?
+            else {
+                return Ok(());
+            };
             if frame.tag == TERMINATE {
                 p.terminated = true;
-                break;
+                return Ok(());
+            }
+            let named = matches!(frame.tag, PARSE | BIND | DESCRIBE | CLOSE)
+                && extended::statement_name(&self.client_in[p.framed..p.framed + frame.len])
+                    .is_some_and(|name| !name.is_empty());
+            if matches!(frame.tag, frontend::QUERY | PARSE | BIND) {
+                match self.session_effect(&self.client_in[p.framed..p.framed + frame.len]) {
+                    pin::SessionEffect::Pin(reason) => {
+                        tracing::debug!(reason, "client pinned to its server connection");
+                        *self.pinned = Some(reason);
+                    }
+                    // The server drops every prepared statement it holds.
+                    pin::SessionEffect::Discard => self.server.statements.clear(),
+                    pin::SessionEffect::Deallocate
+                        if frontend::query_text(
+                            &self.client_in[p.framed..p.framed + frame.len],
+                        )
+                        .is_some_and(pin::deallocates_all) =>
+                    {
+                        self.server.statements.clear();
+                    }
+                    pin::SessionEffect::Deallocate => {}
+                    pin::SessionEffect::Reset => self.server.settings = None,
+                    pin::SessionEffect::None => {}
+                }
+            }
+            if frame.tag == frontend::FLUSH {
+                // The client wants the replies so far without a Sync: no
+                // answer may be held back from it any longer.
+                self.guard = None;
+            }
+            if !named && !copying {
+                self.server.state.on_client_message(frame.tag);
+                p.framed += frame.len;
+                continue;
+            }
+            // Rewritten bytes may only follow what is already written.
+            if p.framed > 0 {
+                return Ok(());
+            }
+            if named && !self.rewrite_statement_message(frame, p)? {
+                return Ok(());
+            }
+            if !named {
+                self.server_out
+                    .extend_from_slice(&self.client_in[..frame.len]);
             }
             self.server.state.on_client_message(frame.tag);
-            p.framed += frame.len;
+            if let Some(guard) = self.guard.as_deref_mut() {
+                guard.extend_from_slice(&self.client_in[..frame.len]);
+            }
+            self.client_in.advance(frame.len);
         }
-        Ok(())
+    }
+
+    /// Pins the client when a statement it sends inside a transaction
+    /// creates session state (the first statement of a request was
+    /// checked when it was routed).
+    fn session_effect(&self, message: &[u8]) -> pin::SessionEffect {
+        if message.first() == Some(&BIND) {
+            let class = extended::statement_name(message)
+                .and_then(|name| self.statements.get(name))
+                .and_then(|statement| statement.class.as_ref());
+            return class.map_or(pin::SessionEffect::None, |class| pin::effect(class, None));
+        }
+        match frontend::query_text(message) {
+            Some(sql) if pin::may_change_session(sql) => {
+                pin::effect(&self.router.classify(sql), Some(sql))
+            }
+            _ => pin::SessionEffect::None,
+        }
+    }
+
+    /// Rewrites the message at the front of `client_in`, which names a
+    /// prepared statement, into `server_out`. Returns false when the
+    /// server must first be given the statement (the message stays).
+    fn rewrite_statement_message(
+        &mut self,
+        frame: Frame,
+        p: &mut Progress,
+    ) -> Result<bool, ProtocolError> {
+        let message = &self.client_in[..frame.len];
+        let held = &mut self.server.statements;
+        match frame.tag {
+            PARSE => {
+                let parse = extended::parse(message)?;
+                let router = self.router;
+                let statement = self.registry.intern(parse.query, parse.types, || {
+                    Some(router.classify(parse.query))
+                });
+                self.statements.insert(parse.name, statement.clone());
+                if held.contains(&statement.server_name) {
+                    // The server has it: a Parse of the unnamed statement
+                    // gets the client its ParseComplete and creates nothing.
+                    extended::parse_message(self.server_out, "", parse.query, parse.types);
+                } else {
+                    extended::rename_statement(self.server_out, message, &statement.server_name)?;
+                }
+                held.touch(&statement.server_name);
+            }
+            CLOSE => {
+                if let Some(name) = extended::statement_name(message) {
+                    self.statements.remove(name);
+                }
+                extended::close_statement(self.server_out, CLOSED_STATEMENT);
+            }
+            _ => {
+                let statement = extended::statement_name(message)
+                    .and_then(|name| self.statements.get(name))
+                    .cloned();
+                let Some(statement) = statement else {
+                    // Unknown to this client: the server answers 26000, as
+                    // PostgreSQL would.
+                    self.server_out.extend_from_slice(message);
+                    return Ok(true);
+                };
+                if !held.contains(&statement.server_name) {
+                    if !self.server.state.at_rest() {
+                        // Inside an open batch there is no quiet moment to
+                        // prepare in: it goes along (the client sees one
+                        // more ParseComplete).
+                        self.server_out.extend_from_slice(&statement.parse);
+                        self.server.state.on_client_message(PARSE);
+                    } else {
+                        p.prepare = Some(statement);
+                        return Ok(false);
+                    }
+                }
+                self.server.statements.touch(&statement.server_name);
+                extended::rename_statement(self.server_out, message, &statement.server_name)?;
+                if frame.tag == BIND {
+                    p.last_bound = Some(statement);
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -9,10 +9,11 @@ use crate::cancel::Registration;
 use crate::client::ClientError;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::pool::{Pool, PoolSet, PooledServer};
+use crate::prepared::ClientStatements;
 use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
 use crate::router::{Decision, Router, SessionRoute, SessionWrites};
-use crate::server::reset;
+use crate::server::{prepared, reset, ServerError};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,14 +49,24 @@ pub struct Session {
     /// Replies to cut before the client's (see `Relay::swallow`).
     pub(super) swallow: u32,
     /// What a retryable request sent, for running it elsewhere.
-    retry_buf: BytesMut,
+    pub(super) retry_buf: BytesMut,
     /// The request at the front of `in_buf` is a retry: no second one.
     pub(super) retrying: bool,
+    /// The client's named prepared statements.
+    pub(super) statements: ClientStatements,
+    /// Why the client keeps its server connection until it disconnects.
+    pub(super) pinned: Option<&'static str>,
+    /// Client messages rewritten for the server (see `Relay`).
+    server_out: BytesMut,
+    max_prepared: usize,
 }
 
 pub(super) struct Request {
     pub decision: Decision,
     pub started: Instant,
+    /// Replies are held until judged, so that the request can run
+    /// elsewhere (see `Relay::guard`).
+    pub guarded: bool,
 }
 
 /// Why serving ended.
@@ -94,9 +105,7 @@ impl Session {
             }
         };
         let cancel = shared.cancels.register();
-        if let Err(error) =
-            send_welcome(&mut stream, &params, &identity.application_name, cancel.key).await
-        {
+        if let Err(error) = send_welcome(&mut stream, &params, &identity, cancel.key).await {
             return Err((stream, error.into()));
         }
         let _ = stream.set_nodelay(true);
@@ -109,6 +118,7 @@ impl Session {
         Ok(Session {
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: pools.nodes[first].settings.mode,
+            max_prepared: pools.nodes[first].settings.max_prepared_statements,
             route: SessionRoute {
                 setting: identity.route,
                 read_only_default: identity.read_only_default,
@@ -127,6 +137,9 @@ impl Session {
             swallow: 0,
             retry_buf: BytesMut::new(),
             retrying: false,
+            statements: ClientStatements::default(),
+            pinned: None,
+            server_out: BytesMut::new(),
         })
     }
 
@@ -175,9 +188,7 @@ impl Session {
                 }
                 continue;
             }
-            let guarded =
-                self.request.as_ref().is_some_and(|r| r.decision.retryable) && !self.retrying;
-            self.retry_buf.clear();
+            let guarded = self.request.as_ref().is_some_and(|r| r.guarded);
             let Some(server) = self.server.as_mut() else {
                 continue;
             };
@@ -187,14 +198,39 @@ impl Session {
                 server,
                 max_message: self.max_message,
                 release_when_idle: self.mode == PoolMode::Transaction,
+                pinned: &mut self.pinned,
                 swallow: std::mem::take(&mut self.swallow),
                 guard: guarded.then_some(&mut self.retry_buf),
+                statements: &mut self.statements,
+                registry: &self.shared.registry,
+                router: &self.shared.router,
+                server_out: &mut self.server_out,
             }
             .run()
             .await;
-            self.retrying = false;
             match outcome {
                 RelayEnd::Released => self.finish_request().await,
+                RelayEnd::Prepare(statement) => {
+                    let Some(server) = self.server.as_mut() else {
+                        continue;
+                    };
+                    match prepared::prepare(server, &statement, self.max_prepared).await {
+                        Ok(()) => {}
+                        Err(ServerError::Rejected { code, message }) => {
+                            // The statement's own error (a syntax error, a
+                            // missing table), which a direct connection
+                            // would have given at Parse, answers the request.
+                            let status = server.state.transaction_status();
+                            if let Err(end) = self.fail_request(&code, &message, status).await {
+                                return end;
+                            }
+                        }
+                        Err(error) => {
+                            self.drop_server();
+                            return End::ServerFailed(error.to_string());
+                        }
+                    }
+                }
                 RelayEnd::ClientTerminated => return End::Terminated,
                 RelayEnd::ClientGone => return End::Gone,
                 RelayEnd::ClientProtocol(error) => return End::Protocol(error.to_string()),
@@ -247,6 +283,12 @@ impl Session {
         if request.decision.may_write {
             self.record_write();
         }
+        if let Some(server) = self.server.as_mut() {
+            if let Err(error) = prepared::evict(server, self.max_prepared).await {
+                tracing::warn!(%error, "cannot close prepared statements");
+                server.mark_broken();
+            }
+        }
         self.release();
     }
 
@@ -290,6 +332,29 @@ impl Session {
         }
     }
 
+    /// Answers the rest of the client's request (up to its Sync) with an
+    /// error, as PostgreSQL skips a failed batch, while holding a server.
+    async fn fail_request(&mut self, code: &str, message: &str, status: u8) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        backend::error_response(&mut out, Severity::Error, code, message);
+        loop {
+            let frame = match self.next_request().await {
+                Ok(frame) => frame,
+                Err(ClientError::Protocol(error)) => return Err(End::Protocol(error.to_string())),
+                Err(_) => return Err(End::Gone),
+            };
+            if frame.tag == frontend::TERMINATE {
+                return Err(End::Terminated);
+            }
+            bytes::Buf::advance(&mut self.in_buf, frame.len);
+            if frame.tag == frontend::SYNC {
+                break;
+            }
+        }
+        backend::ready_for_query(&mut out, status);
+        self.write(&out).await
+    }
+
     pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
         self.stream.write_all(bytes).await.map_err(|_| End::Gone)
     }
@@ -327,9 +392,11 @@ impl Session {
         let Some(mut server) = self.server.take() else {
             return;
         };
-        let reset_query = match self.mode {
-            PoolMode::Session => Some(server_reset_query(&self.pools)),
-            PoolMode::Transaction => None,
+        // A pinned client left session state on its connection: it is
+        // reset like a session-mode connection before anyone else gets it.
+        let reset_query = match (self.mode, self.pinned) {
+            (PoolMode::Session, _) | (_, Some(_)) => Some(server_reset_query(&self.pools)),
+            (PoolMode::Transaction, None) => None,
         };
         let cleaned = tokio::time::timeout(
             CLEANUP_TIMEOUT,

@@ -216,7 +216,9 @@ impl Topology {
         }
         if node.is_primary() {
             self.history.record(self.started.elapsed(), sample.lsn);
-            if let (Some(lsn), Some(_)) = (sample.insert_lsn, self.primary().filter(|&p| p == index)) {
+            if let (Some(lsn), Some(_)) =
+                (sample.insert_lsn, self.primary().filter(|&p| p == index))
+            {
                 *self.insert_position.lock() = Some(InsertPosition {
                     asked_at: sample.asked_at,
                     lsn,

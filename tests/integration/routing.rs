@@ -105,7 +105,6 @@ async fn reads_go_to_replicas_and_every_write_to_the_primary() {
         "WITH a AS (SELECT 1), b AS (UPDATE t SET v = v WHERE id = 1 RETURNING 1) SELECT inet_server_port()",
         "SELECT inet_server_port(), nextval('s')",
         "SELECT inet_server_port(), f_ins()",
-        "SELECT inet_server_port(), set_config('work_mem', '8MB', false)",
         "/* pgrouter: primary */ SELECT inet_server_port()",
         "SELECT inet_server_port() -- pgrouter: primary",
         "SELECT inet_server_port(); INSERT INTO t VALUES (101, 'm'); SELECT 1",
@@ -116,6 +115,15 @@ async fn reads_go_to_replicas_and_every_write_to_the_primary() {
         let port = served_by(&client, sql).await;
         assert_eq!(port, primary, "{sql} ran on {port}");
     }
+    // Session state pins the client to the primary connection (last: the
+    // client stays there).
+    let pinned = router.connect("app", APP_PASSWORD, &db).await;
+    let sql = "SELECT inet_server_port(), set_config('work_mem', '8MB', false)";
+    assert_eq!(served_by(&pinned, sql).await, primary);
+    assert_eq!(
+        served_by(&pinned, "SELECT inet_server_port()").await,
+        primary
+    );
     // A pure function does not force the primary.
     let port = served_by(&client, "SELECT inet_server_port(), f_pure(1)").await;
     assert!(replicas.contains(&port), "f_pure ran on {port}");

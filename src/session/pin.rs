@@ -1,0 +1,156 @@
+//! Session state that transaction mode cannot move between server
+//! connections: which statements create it, and the cheap look at the SQL
+//! that tells which statements need a closer one.
+
+use crate::router::classify::{Classification, Kind};
+
+/// What a statement does to the session beyond its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEffect {
+    None,
+    /// State only its server connection holds (LISTEN, temp tables,
+    /// advisory locks, SQL PREPARE, SET ...): the client keeps the
+    /// connection until it disconnects.
+    Pin(&'static str),
+    /// DISCARD ALL: the client's prepared statements are gone too.
+    Discard,
+    /// DEALLOCATE [ALL] of statements prepared through the protocol.
+    Deallocate,
+    /// RESET: the connection loses the client's startup settings.
+    Reset,
+}
+
+/// What a statement of this classification and text does to the session.
+pub fn effect(class: &Classification, sql: Option<&str>) -> SessionEffect {
+    match class.kind {
+        Kind::SessionState("discard") => SessionEffect::Discard,
+        Kind::SessionState("deallocate") => SessionEffect::Deallocate,
+        Kind::SessionState("reset") => SessionEffect::Reset,
+        // UNLISTEN and EXECUTE only touch state that already pinned.
+        Kind::SessionState("unlisten" | "execute") => SessionEffect::None,
+        // Releasing advisory locks (as connection pools do on every
+        // release) holds nothing.
+        Kind::SessionState("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
+        Kind::SessionState(what) => SessionEffect::Pin(what),
+        _ => SessionEffect::None,
+    }
+}
+
+/// Whether every advisory-lock function a text calls is an unlock.
+fn only_unlocks(sql: &str) -> bool {
+    !contains_ignore_case(sql, "advisory_lock")
+        && !contains_ignore_case(sql, "advisory_xact_lock")
+        && !contains_ignore_case(sql, "try_advisory")
+}
+
+/// Whether a DEALLOCATE statement drops every prepared statement.
+pub fn deallocates_all(sql: &str) -> bool {
+    sql.split(|c: char| c.is_whitespace() || c == ';')
+        .rfind(|w| !w.is_empty())
+        .is_some_and(|w| w.eq_ignore_ascii_case("all"))
+}
+
+/// Whether a SQL text may change session state, judged from its words
+/// without parsing: most statements cannot, and skip the classifier.
+pub fn may_change_session(sql: &str) -> bool {
+    let first = first_word(sql);
+    const SESSION_WORDS: [&str; 11] = [
+        "set",
+        "reset",
+        "listen",
+        "prepare",
+        "declare",
+        "create",
+        "discard",
+        "load",
+        "deallocate",
+        "select",
+        "with",
+    ];
+    if !SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+        return false;
+    }
+    if first.eq_ignore_ascii_case("select") || first.eq_ignore_ascii_case("with") {
+        // Only function calls and SELECT INTO TEMP reach session state.
+        return contains_ignore_case(sql, "advisory")
+            || contains_ignore_case(sql, "set_config")
+            || contains_ignore_case(sql, "into");
+    }
+    true
+}
+
+/// The first word, after whitespace, comments and parentheses.
+fn first_word(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        let trimmed = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';');
+        if let Some(after) = trimmed.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+        } else if let Some(after) = trimmed.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        } else {
+            rest = trimmed;
+            break;
+        }
+    }
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::classify::classify;
+
+    #[test]
+    fn only_statements_that_may_change_session_state_are_looked_at() {
+        for sql in [
+            "SET search_path TO a",
+            " /* c */ listen ch",
+            "SELECT pg_advisory_lock(1)",
+            "select 1 into temp t",
+            "CREATE TEMP TABLE t (a int)",
+            "DISCARD ALL",
+            "-- x\nPREPARE p AS SELECT 1",
+        ] {
+            assert!(may_change_session(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM a WHERE aid = 1",
+            "INSERT INTO t VALUES (1)",
+            "BEGIN",
+            "UPDATE t SET a = 1",
+        ] {
+            assert!(!may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn effects_follow_the_classification() {
+        let of = |sql: &str| effect(&classify(sql), Some(sql));
+        assert_eq!(of("LISTEN ch"), SessionEffect::Pin("listen"));
+        assert_eq!(
+            of("SELECT pg_advisory_lock(1)"),
+            SessionEffect::Pin("advisory lock")
+        );
+        assert_eq!(of("SELECT pg_advisory_unlock_all()"), SessionEffect::None);
+        assert_eq!(
+            of("CREATE TEMP TABLE t (a int)"),
+            SessionEffect::Pin("create temp table")
+        );
+        assert_eq!(of("DISCARD ALL"), SessionEffect::Discard);
+        assert_eq!(of("DEALLOCATE ALL"), SessionEffect::Deallocate);
+        assert_eq!(of("RESET ALL"), SessionEffect::Reset);
+        assert_eq!(of("SELECT 1"), SessionEffect::None);
+        assert_eq!(of("SET LOCAL work_mem = '1MB'"), SessionEffect::None);
+    }
+}
