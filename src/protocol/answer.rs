@@ -96,14 +96,8 @@ pub fn error_code(mut body: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use crate::protocol::backend::{error_response, ready_for_query, Severity};
+    use crate::protocol::test_message as message;
     use bytes::BytesMut;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
 
     #[test]
     fn preliminaries_leave_it_undecided() {

@@ -130,13 +130,7 @@ pub fn declared_types(types: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::protocol::frontend::frame;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     #[test]
     fn reads_and_renames_parse() {

@@ -117,13 +117,7 @@ pub fn sasl_initial_response(body: &[u8]) -> Result<SaslInitialResponse<'_>, Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     #[test]
     fn frames_only_complete_messages() {

@@ -47,3 +47,12 @@ fn take_cstr<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a str, Prot
     *buf = &buf[end + 1..];
     Ok(text)
 }
+
+/// A whole typed message with this tag and body, for tests.
+#[cfg(test)]
+pub(crate) fn test_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}

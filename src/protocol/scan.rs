@@ -120,13 +120,7 @@ impl ReplyScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     fn stream() -> Vec<u8> {
         let mut bytes = message(b'T', &[0; 30]);

@@ -33,6 +33,8 @@ mod statement;
 mod walk;
 
 #[cfg(test)]
+mod robustness;
+#[cfg(test)]
 mod tests;
 
 pub use functions::{
