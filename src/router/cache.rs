@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::classify::{classify, Classification};
+use super::fingerprint::literal_free;
 
 /// Texts longer than this are classified every time and never cached, so
 /// that a few huge texts (bulk INSERTs) cannot make the cache huge.
@@ -25,7 +26,13 @@ const MAX_SHARDS: usize = 16;
 /// Small shards would evict early when texts hash unevenly.
 const MIN_SHARD_CAPACITY: usize = 64;
 
-/// A bounded, thread-safe cache from SQL text to its classification.
+thread_local! {
+    /// The literal-free lookup key, built in a buffer each thread reuses.
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A bounded, thread-safe cache from SQL text (literals taken out, see
+/// `fingerprint`) to its classification.
 pub struct ClassCache {
     /// Picks the shard; keyed randomly so that clients cannot aim at one.
     shard_hasher: RandomState,
@@ -81,14 +88,21 @@ impl ClassCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Arc::new(classify(sql));
         }
-        let shard = self.shard(sql);
-        if let Some(value) = shard.lock().get(sql) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return value;
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let value = Arc::new(classify(sql));
-        shard.lock().insert(sql, value)
+        KEY.with_borrow_mut(|key| {
+            let key = if literal_free(sql, key) {
+                key.as_str()
+            } else {
+                sql
+            };
+            let shard = self.shard(key);
+            if let Some(value) = shard.lock().get(key) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return value;
+            }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let value = Arc::new(classify(sql));
+            shard.lock().insert(key, value)
+        })
     }
 
     /// Replaces what is cached for `sql` (e.g. a read found to write).
@@ -96,6 +110,12 @@ impl ClassCache {
         if sql.len() > MAX_CACHED_LEN {
             return;
         }
+        let mut key = String::new();
+        let sql = if literal_free(sql, &mut key) {
+            key.as_str()
+        } else {
+            sql
+        };
         let mut shard = self.shard(sql).lock();
         match shard.index.get(sql).copied() {
             Some(at) => {

@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod cache;
 pub mod classify;
+mod fingerprint;
 mod functions;
 mod writes;
 
@@ -15,6 +16,7 @@ use crate::topology::{Lsn, Topology};
 use balance::{Balancer, Candidate, NodeLoad};
 use cache::ClassCache;
 use classify::{Classification, Hint, Kind};
+pub use fingerprint::first_keyword;
 use functions::Functions;
 use std::net::IpAddr;
 use std::sync::Arc;

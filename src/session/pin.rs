@@ -3,6 +3,7 @@
 //! that tells which statements need a closer one.
 
 use crate::router::classify::{Classification, Kind};
+use crate::router::first_keyword;
 
 /// What a statement does to the session beyond its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub fn deallocates_all(sql: &str) -> bool {
 /// Whether a SQL text may change session state, judged from its words
 /// without parsing: most statements cannot, and skip the classifier.
 pub fn may_change_session(sql: &str) -> bool {
-    let first = first_word(sql);
+    let first = first_keyword(sql);
     const SESSION_WORDS: [&str; 11] = [
         "set",
         "reset",
@@ -77,26 +78,6 @@ pub fn may_change_session(sql: &str) -> bool {
             || contains_ignore_case(sql, "into");
     }
     true
-}
-
-/// The first word, after whitespace, comments and parentheses.
-fn first_word(sql: &str) -> &str {
-    let mut rest = sql;
-    loop {
-        let trimmed = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';');
-        if let Some(after) = trimmed.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = trimmed.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
-        } else {
-            rest = trimmed;
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    &rest[..end]
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
