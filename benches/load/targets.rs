@@ -58,10 +58,15 @@ pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str
 pub struct Bouncer {
     child: Child,
     dir: PathBuf,
+    /// runuser's child, which killing runuser leaves running.
+    pid: Option<u32>,
 }
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -123,7 +128,7 @@ pub fn pgbouncer(cluster: &Cluster, pool: usize) -> Option<Target> {
         name: "pgbouncer".into(),
         url,
         pid,
-        _keep: Keep::Bouncer(Bouncer { child, dir }),
+        _keep: Keep::Bouncer(Bouncer { child, dir, pid }),
     })
 }
 
