@@ -23,6 +23,8 @@ pub struct ServerState {
     /// The server said a cached plan's result type changed: the statement
     /// last bound is stale.
     stale_plan: bool,
+    /// ErrorResponses seen so far, to tell whether a request succeeded.
+    errors: u32,
 }
 
 impl Default for ServerState {
@@ -33,6 +35,7 @@ impl Default for ServerState {
             syncs_since_execute: 0,
             copy_in: false,
             stale_plan: false,
+            errors: 0,
             transaction_status: STATUS_IDLE,
         }
     }
@@ -78,9 +81,16 @@ impl ServerState {
                 self.copy_in = false;
             }
             Reply::CopyIn => self.copy_in = true,
-            Reply::Error(code) if &code == b"0A000" => self.stale_plan = true,
+            Reply::Error(code) => {
+                self.errors = self.errors.wrapping_add(1);
+                self.stale_plan |= &code == b"0A000";
+            }
             _ => {}
         }
+    }
+
+    pub fn errors(&self) -> u32 {
+        self.errors
     }
 
     /// Whether a stale cached plan was reported since the last call.

@@ -4,7 +4,8 @@
 
 use super::login::checkout_sqlstate;
 use super::pin::{self, SessionEffect};
-use super::serve::{End, Request, Session};
+use super::serve::{End, PendingSetting, Request, Session};
+use super::settings;
 use crate::client::ClientError;
 use crate::config::{Pinning, PoolMode, Route};
 use crate::pool::CheckoutError;
@@ -62,6 +63,30 @@ impl Session {
                 if let Some(class) = &statement.class {
                     effect = pin::effect(class, None);
                 }
+            }
+        }
+        // A plain SET or RESET sent alone outside a transaction is replayed
+        // on later connections instead of pinning.
+        self.pending_setting = None;
+        if first.tag == frontend::QUERY
+            && self.deferred_begin.is_none()
+            && self.mode == PoolMode::Transaction
+        {
+            let sql = frontend::query_text(&self.in_buf[..first.len]).unwrap_or("");
+            let single = class.as_ref().is_none_or(|c| c.statements == 1);
+            match effect {
+                SessionEffect::Pin(_) if single => {
+                    if let Some(name) = settings::set_parameter(sql) {
+                        self.pending_setting = Some(PendingSetting::Set(name, sql.to_owned()));
+                        effect = SessionEffect::None;
+                    }
+                }
+                SessionEffect::Reset if single => {
+                    if let Some(name) = settings::reset_parameter(sql) {
+                        self.pending_setting = Some(PendingSetting::Reset(name));
+                    }
+                }
+                _ => {}
             }
         }
         match effect {
@@ -149,7 +174,7 @@ impl Session {
             let pool = self.pools.nodes[decision.node].clone();
             match pool.checkout().await {
                 Ok(mut server) => {
-                    if let Err(error) = apply_settings(&mut server, &self.identity.settings).await {
+                    if let Err(error) = apply_settings(&mut server, self.settings.query()).await {
                         tracing::warn!(%error, "cannot apply the client's startup parameters");
                         server.mark_broken();
                         crate::pool::Pool::release(server);
@@ -158,6 +183,7 @@ impl Session {
                             .await;
                     }
                     self.cancel.slot.set(Some(server.cancel_target().clone()));
+                    let server_errors = server.state.errors();
                     self.server = Some(server);
                     let started = self.router().started(decision.node);
                     let guarded = decision.retryable && !self.retrying;
@@ -167,6 +193,7 @@ impl Session {
                         decision,
                         started,
                         guarded,
+                        errors_before: server_errors,
                     });
                     if let Some(begin) = self.deferred_begin.take() {
                         let mut joined = BytesMut::with_capacity(begin.len() + self.in_buf.len());

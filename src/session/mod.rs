@@ -10,6 +10,7 @@ mod login;
 mod pin;
 mod relay;
 mod serve;
+mod settings;
 
 pub use login::Shared;
 

@@ -77,6 +77,8 @@ pub struct Relay<'a> {
     /// Set when a statement creates session state only this server
     /// connection holds: it is then never released.
     pub pinned: &'a mut Option<&'static str>,
+    /// A SET the session replays on other connections: it does not pin.
+    pub replayed: Option<&'a str>,
     /// Replies to cut before the client's: one per request pgrouter put in
     /// front of the client's bytes.
     pub swallow: u32,
@@ -303,6 +305,11 @@ impl Relay<'_> {
                     .is_some_and(|name| !name.is_empty());
             if matches!(frame.tag, frontend::QUERY | PARSE | BIND) {
                 match self.session_effect(&self.client_in[p.framed..p.framed + frame.len]) {
+                    pin::SessionEffect::Pin(_)
+                        if self.replayed.is_some()
+                            && frontend::query_text(
+                                &self.client_in[p.framed..p.framed + frame.len],
+                            ) == self.replayed => {}
                     pin::SessionEffect::Pin(reason) => {
                         tracing::debug!(reason, "client pinned to its server connection");
                         *self.pinned = Some(reason);

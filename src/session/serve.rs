@@ -5,6 +5,7 @@
 
 use super::login::{checkout_sqlstate, send_welcome, Identity, Shared};
 use super::relay::{Relay, RelayEnd};
+use super::settings::SessionSettings;
 use crate::cancel::Registration;
 use crate::client::ClientError;
 use crate::config::{PoolMode, ReadYourWrites};
@@ -56,14 +57,26 @@ pub struct Session {
     pub(super) statements: ClientStatements,
     /// Why the client keeps its server connection until it disconnects.
     pub(super) pinned: Option<&'static str>,
+    /// Startup parameters and SETs, replayed on each connection.
+    pub(super) settings: SessionSettings,
+    /// A SET or RESET of the running request, recorded if it succeeds.
+    pub(super) pending_setting: Option<PendingSetting>,
     /// Client messages rewritten for the server (see `Relay`).
     server_out: BytesMut,
     max_prepared: usize,
 }
 
+pub(super) enum PendingSetting {
+    Set(String, String),
+    /// `None`: RESET ALL.
+    Reset(Option<String>),
+}
+
 pub(super) struct Request {
     pub decision: Decision,
     pub started: Instant,
+    /// The server's error count when the request started.
+    pub errors_before: u32,
     /// Replies are held until judged, so that the request can run
     /// elsewhere (see `Relay::guard`).
     pub guarded: bool,
@@ -119,6 +132,7 @@ impl Session {
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: pools.nodes[first].settings.mode,
             max_prepared: pools.nodes[first].settings.max_prepared_statements,
+            settings: SessionSettings::new(identity.settings.clone()),
             route: SessionRoute {
                 setting: identity.route,
                 read_only_default: identity.read_only_default,
@@ -139,6 +153,7 @@ impl Session {
             retrying: false,
             statements: ClientStatements::default(),
             pinned: None,
+            pending_setting: None,
             server_out: BytesMut::new(),
         })
     }
@@ -199,6 +214,10 @@ impl Session {
                 max_message: self.max_message,
                 release_when_idle: self.mode == PoolMode::Transaction,
                 pinned: &mut self.pinned,
+                replayed: match &self.pending_setting {
+                    Some(PendingSetting::Set(_, sql)) => Some(sql.as_str()),
+                    _ => None,
+                },
                 swallow: std::mem::take(&mut self.swallow),
                 guard: guarded.then_some(&mut self.retry_buf),
                 statements: &mut self.statements,
@@ -282,6 +301,21 @@ impl Session {
             .finished(request.decision.node, request.started);
         if request.decision.may_write {
             self.record_write();
+        }
+        if let (Some(pending), Some(server)) = (self.pending_setting.take(), self.server.as_mut()) {
+            if server.state.errors() == request.errors_before {
+                match pending {
+                    PendingSetting::Set(name, sql) => {
+                        self.settings.set(name, &sql);
+                        // The connection ran it: it has the settings now.
+                        server.settings = self.settings.query().clone();
+                    }
+                    PendingSetting::Reset(name) => {
+                        self.settings.reset(name.as_deref());
+                        server.settings = None;
+                    }
+                }
+            }
         }
         if let Some(server) = self.server.as_mut() {
             if let Err(error) = prepared::evict(server, self.max_prepared).await {

@@ -122,7 +122,7 @@ fn pgbench(url: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_fifty_clients_over_five_connections() {
     let cluster = Cluster::shared();
-    let seconds = std::env::var("PGROUTER_PGBENCH_SECONDS").unwrap_or_else(|_| "10".into());
+    let seconds = std::env::var("PGROUTER_PGBENCH_SECONDS").unwrap_or_else(|_| "20".into());
     let (db, router) = router("pgbprep", 5, false).await;
     let url = router.url("app", APP_PASSWORD, &db);
     let init_url = url.clone();

@@ -139,3 +139,45 @@ async fn deallocate_of_protocol_statements_is_answered_for_the_client() {
     let error = client.simple_query("DEALLOCATE nope").await.unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_outside_a_transaction_follows_the_client_to_other_connections() {
+    let (db, router) = router("setreplay", "max_connections = 2").await;
+    let a = router.connect("app", APP_PASSWORD, &db).await;
+    let b = router.connect("app", APP_PASSWORD, &db).await;
+    a.batch_execute("CREATE SCHEMA other").await.unwrap();
+    a.simple_query("SET search_path TO other").await.unwrap();
+    a.simple_query("SET statement_timeout = '77s'")
+        .await
+        .unwrap();
+    let mut backends = std::collections::HashSet::new();
+    for round in 0..6 {
+        // B holds one of the two connections in a transaction half the
+        // time, so A runs on both.
+        if round % 2 == 0 {
+            b.simple_query("BEGIN").await.unwrap();
+            b.simple_query("SELECT 1").await.unwrap();
+        }
+        assert_eq!(
+            first_value(&a, "SHOW search_path").await,
+            "other",
+            "round {round}"
+        );
+        assert_eq!(first_value(&a, "SHOW statement_timeout").await, "77s");
+        backends.insert(first_value(&a, "SELECT pg_backend_pid()").await);
+        if round % 2 == 0 {
+            b.simple_query("COMMIT").await.unwrap();
+        }
+        // B never sees A's settings, whichever connection it gets.
+        assert_eq!(
+            first_value(&b, "SHOW search_path").await,
+            "\"$user\", public"
+        );
+        assert_eq!(first_value(&b, "SHOW statement_timeout").await, "0");
+    }
+    assert_eq!(backends.len(), 2, "A was pinned to one connection");
+    // RESET follows too.
+    a.simple_query("RESET statement_timeout").await.unwrap();
+    assert_eq!(first_value(&a, "SHOW statement_timeout").await, "0");
+    assert_eq!(first_value(&a, "SHOW search_path").await, "other");
+}
