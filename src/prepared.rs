@@ -102,11 +102,6 @@ impl ClientStatements {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
-
-    /// Drops the client's names for a statement that cannot be prepared.
-    pub fn forget_server_name(&mut self, server_name: &str) {
-        self.by_name.retain(|_, s| &*s.server_name != server_name);
-    }
 }
 
 /// The statements one server connection holds, least recently used first

@@ -610,21 +610,30 @@ fn pg_cmd(bin: &str, cwd: &Path) -> Command {
     cmd
 }
 
+/// libpq variables that could change where or how a client connects.
+pub const LIBPQ_ENV: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGDATA",
+    "PGSSLMODE",
+    "PGTARGETSESSIONATTRS",
+    "PGAPPNAME",
+    "PGTZ",
+    "PGDATESTYLE",
+    "PGCLIENTENCODING",
+];
+
 /// Removes libpq environment variables that could redirect our commands.
-fn clean_env(cmd: &mut Command) {
-    for var in [
-        "PGHOST",
-        "PGHOSTADDR",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGPASSWORD",
-        "PGPASSFILE",
-        "PGSERVICE",
-        "PGOPTIONS",
-        "PGDATA",
-        "PGSSLMODE",
-    ] {
+pub fn clean_env(cmd: &mut Command) {
+    for var in LIBPQ_ENV {
         cmd.env_remove(var);
     }
 }

@@ -15,33 +15,13 @@ use std::process::{Command, Output, Stdio};
 
 const PIP_HINT: &str = "pip install asyncpg \"psycopg[binary]\"";
 
-/// libpq variables that could change where or how a driver connects.
-const LIBPQ_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGDATABASE",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGOPTIONS",
-    "PGSSLMODE",
-    "PGTARGETSESSIONATTRS",
-    "PGAPPNAME",
-    "PGTZ",
-    "PGDATESTYLE",
-    "PGCLIENTENCODING",
-];
-
 fn python(args: &[&str]) -> std::io::Result<Output> {
     let mut cmd = Command::new("python3");
     cmd.args(args)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null());
-    for var in LIBPQ_ENV {
+    for var in crate::common::cluster::LIBPQ_ENV {
         cmd.env_remove(var);
     }
     cmd.output()

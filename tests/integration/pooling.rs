@@ -152,6 +152,21 @@ async fn clients_past_max_client_connections_get_53300() {
     .await;
 }
 
+/// Waits until backend `pid` runs the test's `pg_sleep(30)`.
+async fn wait_until_sleeping(su: &Client, pid: i32) {
+    eventually(DEADLINE, "the sleep runs", || async {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(30)%'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) == 1
+    })
+    .await;
+}
+
 /// Connects and returns the client with the task driving its connection,
 /// so that a test can cut the socket without a Terminate.
 async fn connect_abortable(router: &Pgrouter, db: &str) -> (Client, tokio::task::JoinHandle<()>) {
@@ -272,17 +287,7 @@ async fn a_client_leaving_mid_query_gets_its_connection_closed_not_reused() {
     let pid = backend_pid(&a).await;
     let running = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await });
     let su = cluster.superuser(cluster.primary(), "postgres").await;
-    eventually(DEADLINE, "the sleep runs", || async {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(30)%'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        row.get::<_, i64>(0) == 1
-    })
-    .await;
+    wait_until_sleeping(&su, pid).await;
     a_task.abort();
     running.abort();
 
@@ -352,17 +357,7 @@ async fn dead_servers_give_08006_and_the_pool_heals() {
     let bystander = router.connect("app", APP_PASSWORD, "app").await;
     let pid = backend_pid(&victim).await;
     let running = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(30)").await });
-    eventually(DEADLINE, "the sleep runs", || async {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep(30)%'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        row.get::<_, i64>(0) == 1
-    })
-    .await;
+    wait_until_sleeping(&su, pid).await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
