@@ -46,6 +46,21 @@ pub struct ServerConfig {
     pub client_login_timeout: Duration,
     /// The largest message a client may send.
     pub max_message_size: Spanned<ByteSize>,
+    /// Where Prometheus scrapes `/metrics`; no metrics endpoint when unset.
+    pub metrics_listen: Option<Address>,
+    /// After SIGTERM or SHUTDOWN, how long running transactions may take
+    /// to finish before every connection is closed.
+    pub shutdown_timeout: Duration,
+    /// `text` (human-readable) or `json` (one object per line).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +74,9 @@ impl Default for ServerConfig {
             workers: 0,
             client_login_timeout: Duration(std::time::Duration::from_secs(60)),
             max_message_size: Spanned::new(0..0, ByteSize(64 << 20)),
+            metrics_listen: None,
+            shutdown_timeout: Duration(std::time::Duration::from_secs(30)),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -175,6 +193,9 @@ pub struct UserConfig {
     /// Pins this user's traffic to the primary or the replicas.
     #[serde(default)]
     pub route: Route,
+    /// May log in to the admin console (the virtual database `pgrouter`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 fn default_auth() -> Spanned<AuthMethod> {
