@@ -1,92 +1,100 @@
-//! Wiring: pools warmed up, then the listener, until a signal stops us.
+//! Wiring: metrics, the first generation started, then the listener,
+//! while signals reload (SIGHUP), drain (SIGTERM) or stop (SIGINT) it.
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::listener;
-use crate::pool;
-use crate::session::Shared;
-use crate::topology::monitor::{Monitor, MonitorTarget};
+use crate::stats::export;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 
-pub async fn run(config: Config) -> std::io::Result<()> {
-    let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(config.clone()));
+/// How often a draining shutdown looks whether every client has left.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-    // Every node is checked once before the first client: roles, health
-    // and positions are known from the start.
-    let first_rounds: Vec<_> = monitors(&config, &shared)
-        .into_iter()
-        .map(|monitor| {
-            let (done, first_round) = tokio::sync::oneshot::channel();
-            tokio::spawn(monitor.run(done));
-            first_round
-        })
-        .collect();
-    for first_round in first_rounds {
-        let _ = first_round.await;
+/// Runs pgrouter until a signal or the console's SHUTDOWN stops it.
+/// `config_path` is where SIGHUP and RELOAD re-read the configuration.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> std::io::Result<()> {
+    if let Some(address) = &config.server.metrics_listen {
+        export::install(address).map_err(std::io::Error::other)?;
     }
+    let shutdown_timeout = config.server.shutdown_timeout.0;
+    let control = Arc::new(Control::new(config, config_path));
+    let shared = control.current();
+    shared.start(true).await;
+    tokio::spawn(export::publish(control.clone()));
 
-    // min_connections are opened before the first client is accepted.
-    let warm_ups: Vec<_> = shared
-        .pools
-        .all()
-        .map(|pool| {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool::top_up(&pool).await })
-        })
-        .collect();
-    for (pool, warm_up) in shared.pools.all().zip(warm_ups) {
-        if !matches!(warm_up.await, Ok(true)) {
-            tracing::warn!(pool = %pool.name, "starting without min_connections: server unreachable");
-        }
-        tokio::spawn(pool::maintain(pool.clone()));
-    }
-
-    let address = &config.server.listen;
+    let address = &shared.config.server.listen;
     let listener = TcpListener::bind((address.host.as_str(), address.port)).await?;
     tracing::info!("listening on {}", listener.local_addr()?);
+    let limit = *shared.config.server.max_client_connections.get_ref();
+    drop(shared);
 
-    tokio::select! {
-        () = listener::accept_loop(listener, shared) => {}
-        () = shutdown_signal() => tracing::info!("shutting down"),
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut accepting = Box::pin(listener::accept_loop(listener, control.clone(), limit));
+    loop {
+        tokio::select! {
+            () = &mut accepting => return Ok(()),
+            _ = hangup.recv() => {
+                // Beside the accept loop: a reload waits for the new
+                // monitors' first round.
+                let control = control.clone();
+                tokio::spawn(async move {
+                    if let Err(errors) = control.reload().await {
+                        tracing::error!(%errors, "configuration not reloaded, the old one stays");
+                    }
+                });
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: shutting down once running transactions end");
+                break;
+            }
+            () = control.shutdown_requested.notified() => {
+                tracing::info!("SHUTDOWN: shutting down once running transactions end");
+                break;
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: shutting down now");
+                close_servers(&control);
+                return Ok(());
+            }
+        }
     }
+    // The listener closes here: new connections are refused.
+    drop(accepting);
+    drain(&control, shutdown_timeout, &mut interrupt).await;
+    close_servers(&control);
+    tracing::info!("shut down");
     Ok(())
 }
 
-fn monitors(config: &Config, shared: &Arc<Shared>) -> Vec<Monitor> {
-    let user = config.monitor_user();
-    config
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(index, node)| {
-            Monitor::new(
-                shared.topology.clone(),
-                MonitorTarget {
-                    index,
-                    address: node.address.clone(),
-                    user: user.map(|u| u.name.get_ref().clone()).unwrap_or_default(),
-                    password: user.and_then(|u| u.server_password().map(str::to_owned)),
-                    database: config.monitor_database().to_owned(),
-                    interval: config.routing.monitor_interval.get_ref().0,
-                    connect_timeout: config.pool.server_connect_timeout.0,
-                },
-            )
-        })
-        .collect()
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
+/// Lets every client finish its transaction and leave, up to `timeout`.
+async fn drain(control: &Control, timeout: Duration, interrupt: &mut tokio::signal::unix::Signal) {
+    control.begin_shutdown();
+    let drained = async {
+        while !control.clients.is_empty() {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        () = drained => {}
+        () = tokio::time::sleep(timeout) => {
+            tracing::warn!(
+                clients = control.clients.len(),
+                "shutdown_timeout reached: closing the remaining clients"
+            );
+        }
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down now"),
+    }
+}
+
+/// Closes the idle server connections with a Terminate each.
+fn close_servers(control: &Control) {
+    for pool in control.current().pools.all() {
+        pool.close_idle();
     }
 }

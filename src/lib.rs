@@ -13,11 +13,13 @@
 //! no I/O. See docs/ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod cancel;
 pub mod client;
+pub mod clients;
 pub mod config;
+pub mod control;
 pub mod listener;
 pub mod pool;
 pub mod prepared;
@@ -25,4 +27,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod topology;

@@ -2,17 +2,17 @@
 //! per client.
 
 use crate::client::send_fatal;
+use crate::control::Control;
 use crate::protocol::backend::sqlstate;
-use crate::session::{self, Shared};
+use crate::session;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let limit = Arc::new(Semaphore::new(
-        *shared.config.server.max_client_connections.get_ref(),
-    ));
+/// Accepts clients until the future is dropped, which closes the listener.
+pub async fn accept_loop(listener: TcpListener, control: Arc<Control>, max_clients: usize) {
+    let limit = Arc::new(Semaphore::new(max_clients));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (mut stream, peer) = match listener.accept().await {
@@ -41,9 +41,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             });
             continue;
         };
-        let shared = shared.clone();
+        let control = control.clone();
         tokio::spawn(async move {
-            session::run(shared, stream, peer).await;
+            session::run(control, stream, peer).await;
             drop(permit);
         });
     }

@@ -9,6 +9,7 @@ mod routing;
 mod values;
 
 pub use routing::{Balance, Fallback, ReadYourWrites, Route, RoutingConfig};
+pub use validate::ADMIN_DATABASE;
 pub use values::{Address, ByteSize, Duration};
 
 use crate::auth::secret::Secret;

@@ -8,7 +8,7 @@ use std::time::Duration;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs for as long as the pool lives. The first round has already been
+/// Runs until a reload retires the pool. The first round has already been
 /// done by `top_up` at start-up.
 pub async fn maintain(pool: Arc<Pool>) {
     let tick = pool
@@ -17,7 +17,7 @@ pub async fn maintain(pool: Arc<Pool>) {
         .min(pool.settings.server_lifetime)
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut backoff = FIRST_BACKOFF;
-    loop {
+    while !pool.is_retired() {
         let retired = pool.retire_expired();
         if retired > 0 {
             tracing::debug!(pool = %pool.name, retired, "closed expired server connections");

@@ -5,6 +5,7 @@ use crate::config::Address;
 use crate::server::{self, ConnectParams, ServerConn, ServerError};
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use parking_lot::RwLock;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +25,22 @@ pub struct ServerManager {
     /// The ParameterStatus set of the newest connection, replayed to
     /// clients at login as a real server would send it.
     pub params: RwLock<Option<ServerParams>>,
+    pub stats: Arc<crate::stats::PoolStats>,
 }
 
 impl ServerManager {
+    /// Whether both open the same connections: then a reload keeps them.
+    pub fn opens_like(&self, other: &ServerManager) -> bool {
+        self.node == other.node
+            && self.address == other.address
+            && self.user == other.user
+            && self.database == other.database
+            && self.password == other.password
+            && self.connect_timeout == other.connect_timeout
+            && self.lifetime == other.lifetime
+            && self.idle_timeout == other.idle_timeout
+    }
+
     /// Whether an idle connection has outlived `server_lifetime` or
     /// `server_idle_timeout`.
     pub fn expired(&self, conn: &ServerConn, metrics: &Metrics) -> bool {
@@ -39,7 +53,7 @@ impl deadpool::managed::Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let result = server::connect(ConnectParams {
+        let mut result = server::connect(ConnectParams {
             address: &self.address,
             node: self.node.clone(),
             user: &self.user,
@@ -48,8 +62,12 @@ impl deadpool::managed::Manager for ServerManager {
             timeout: self.connect_timeout,
         })
         .await;
-        match &result {
-            Ok(conn) => *self.params.write() = Some(conn.params().into()),
+        match &mut result {
+            Ok(conn) => {
+                *self.params.write() = Some(conn.params().into());
+                self.stats.connections_opened.fetch_add(1, Relaxed);
+                conn.stats = Some(self.stats.clone());
+            }
             Err(error) => tracing::warn!(
                 node = %self.node,
                 database = %self.database,

@@ -12,9 +12,11 @@ pub use manager::{ServerManager, ServerParams};
 
 use crate::config::{Config, NodeConfig, PoolSettings};
 use crate::server::ServerError;
+use crate::stats::{PoolStats, SetStats, Stats};
 use deadpool::managed::{Object, PoolError, QueueMode, Timeouts};
 use deadpool::Runtime;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -33,22 +35,40 @@ pub enum CheckoutError {
 }
 
 /// The connections to one node for one database and user.
+///
+/// A reload gives every pool a new `Pool` with the new settings; the
+/// connections (deadpool's pool) carry over when they would be opened the
+/// same way, so clients keep them.
 pub struct Pool {
     /// "database/user@node", as logs and errors name it.
     pub name: String,
     pub settings: PoolSettings,
+    pub stats: Arc<PoolStats>,
     inner: deadpool::managed::Pool<ServerManager>,
+    /// A newer configuration replaced this pool: its upkeep stops.
+    retired: AtomicBool,
+}
+
+struct PoolSpec<'a> {
+    node: &'a NodeConfig,
+    database: &'a str,
+    client_database: &'a str,
+    user: &'a str,
+    password: Option<&'a str>,
+    settings: PoolSettings,
 }
 
 impl Pool {
-    fn new(
-        node: &NodeConfig,
-        database: &str,
-        client_database: &str,
-        user: &str,
-        password: Option<&str>,
-        settings: PoolSettings,
-    ) -> Pool {
+    fn new(spec: PoolSpec<'_>, previous: Option<&Pool>, stats: &Stats) -> Pool {
+        let PoolSpec {
+            node,
+            database,
+            client_database,
+            user,
+            password,
+            settings,
+        } = spec;
+        let stats = stats.pool(client_database, user, node.name.get_ref());
         let manager = ServerManager {
             node: node.name.get_ref().as_str().into(),
             address: node.address.clone(),
@@ -59,7 +79,19 @@ impl Pool {
             lifetime: settings.server_lifetime,
             idle_timeout: settings.server_idle_timeout,
             params: Default::default(),
+            stats: stats.clone(),
         };
+        let name = format!("{client_database}/{user}@{}", node.name.get_ref());
+        if let Some(previous) = previous.filter(|p| p.manager().opens_like(&manager)) {
+            previous.inner.resize(settings.max_connections);
+            return Pool {
+                name,
+                settings,
+                stats,
+                inner: previous.inner.clone(),
+                retired: AtomicBool::new(false),
+            };
+        }
         let inner = deadpool::managed::Pool::builder(manager)
             .max_size(settings.max_connections)
             // Most recently used first: the hot connections stay warm and
@@ -74,19 +106,48 @@ impl Pool {
             Err(error) => unreachable!("a runtime is set, so the build cannot fail: {error}"),
         };
         Pool {
-            name: format!("{client_database}/{user}@{}", node.name.get_ref()),
+            name,
             settings,
+            stats,
             inner,
+            retired: AtomicBool::new(false),
         }
     }
 
     /// A server connection for one transaction or session, waiting in FIFO
     /// order up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
+        let timeouts = Timeouts {
+            wait: Some(self.settings.checkout_timeout),
+            create: Some(self.settings.server_connect_timeout),
+            recycle: None,
+        };
         self.inner
-            .get()
+            .timeout_get(&timeouts)
             .await
             .map_err(|error| self.checkout_error(error))
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Closes every idle connection, each with a Terminate; connections
+    /// in use are closed when given back.
+    pub fn close_idle(&self) {
+        self.inner.retain(|_, _| false);
+    }
+
+    /// Visits every idle connection.
+    pub fn each_idle(&self, mut visit: impl FnMut(&crate::server::ServerConn)) {
+        self.inner.retain(|conn, _| {
+            visit(conn);
+            true
+        });
     }
 
     /// Like `checkout`, but gives up at once when none is free.
@@ -162,6 +223,7 @@ impl Pool {
 /// `[[nodes]]` (the topology's order).
 pub struct PoolSet {
     pub nodes: Vec<Arc<Pool>>,
+    pub stats: Arc<SetStats>,
 }
 
 /// Every pool, by client database name and user name.
@@ -170,28 +232,41 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(config: &Config) -> Pools {
+    /// The pools `config` asks for, keeping the connections of `previous`
+    /// where they would be opened the same way.
+    pub fn new(config: &Config, previous: Option<&Pools>, stats: &Stats) -> Pools {
         let mut sets = HashMap::new();
         for db in &config.databases {
             let settings = config.pool_settings(db);
             for user in &config.users {
+                let (db_name, user_name) = (db.name.get_ref(), user.name.get_ref());
+                let before = previous.and_then(|p| p.get(db_name, user_name));
                 let nodes = config
                     .nodes
                     .iter()
                     .map(|node| {
-                        Arc::new(Pool::new(
+                        let spec = PoolSpec {
                             node,
-                            db.server_database(),
-                            db.name.get_ref(),
-                            user.name.get_ref(),
-                            user.server_password(),
-                            settings.clone(),
-                        ))
+                            database: db.server_database(),
+                            client_database: db_name,
+                            user: user_name,
+                            password: user.server_password(),
+                            settings: settings.clone(),
+                        };
+                        let previous = before.and_then(|set| {
+                            set.nodes
+                                .iter()
+                                .find(|pool| &*pool.manager().node == node.name.get_ref().as_str())
+                        });
+                        Arc::new(Pool::new(spec, previous.map(|p| &**p), stats))
                     })
                     .collect();
                 sets.insert(
-                    (db.name.get_ref().clone(), user.name.get_ref().clone()),
-                    Arc::new(PoolSet { nodes }),
+                    (db_name.clone(), user_name.clone()),
+                    Arc::new(PoolSet {
+                        nodes,
+                        stats: stats.set(db_name, user_name),
+                    }),
                 );
             }
         }

@@ -30,6 +30,7 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 
@@ -37,6 +38,8 @@ pub mod sqlstate {
 pub enum Severity {
     Error,
     Fatal,
+    /// Only for NoticeResponse.
+    Notice,
 }
 
 impl Severity {
@@ -44,6 +47,7 @@ impl Severity {
         match self {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
+            Severity::Notice => "NOTICE",
         }
     }
 }
@@ -64,8 +68,17 @@ fn put_cstr(buf: &mut BytesMut, text: &str) {
     buf.put_u8(0);
 }
 
+/// A NoticeResponse: information the client shows and goes on.
+pub fn notice_response(buf: &mut BytesMut, text: &str) {
+    fields(buf, b'N', Severity::Notice, "00000", text);
+}
+
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, text: &str) {
-    message(buf, ERROR_RESPONSE, |buf| {
+    fields(buf, ERROR_RESPONSE, severity, code, text);
+}
+
+fn fields(buf: &mut BytesMut, tag: u8, severity: Severity, code: &str, text: &str) {
+    message(buf, tag, |buf| {
         for (field, value) in [
             (b'S', severity.as_str()),
             (b'V', severity.as_str()),
@@ -132,6 +145,40 @@ pub fn parse_complete(buf: &mut BytesMut) {
 
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     message(buf, b'C', |buf| put_cstr(buf, tag));
+}
+
+/// A RowDescription of text columns, as pgrouter's own result sets have.
+pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    const TEXT_OID: i32 = 25;
+    message(buf, b'T', |buf| {
+        buf.put_i16(columns.len() as i16);
+        for name in columns {
+            put_cstr(buf, name);
+            buf.put_i32(0); // no table
+            buf.put_i16(0); // no column number
+            buf.put_i32(TEXT_OID);
+            buf.put_i16(-1); // variable length
+            buf.put_i32(-1); // no type modifier
+            buf.put_i16(0); // text format
+        }
+    });
+}
+
+/// A DataRow of text values; `None` is NULL.
+pub fn data_row<S: AsRef<str>>(buf: &mut BytesMut, values: &[Option<S>]) {
+    message(buf, b'D', |buf| {
+        buf.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                Some(text) => {
+                    let text = text.as_ref().as_bytes();
+                    buf.put_i32(text.len() as i32);
+                    buf.put_slice(text);
+                }
+                None => buf.put_i32(-1),
+            }
+        }
+    });
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {

@@ -27,8 +27,17 @@ pub use writes::SessionWrites;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    Primary,
-    Replica,
+    Primary = 0,
+    Replica = 1,
+}
+
+impl Target {
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+        }
+    }
 }
 
 /// Why a request went where it went: for logs, metrics and EXPLAIN ROUTE.
@@ -61,6 +70,62 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const COUNT: usize = 13;
+
+    /// Every reason, in `index` order.
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Write(""),
+        Reason::WriteFunction,
+        Reason::SessionState(""),
+        Reason::Transaction,
+        Reason::ReadOnlyTransaction,
+        Reason::Read,
+        Reason::ReadYourWrites,
+        Reason::Hint,
+        Reason::Pinned,
+        Reason::ParseFailure,
+        Reason::Fallback,
+        Reason::NoSplit,
+        Reason::Unclassified,
+    ];
+
+    pub fn index(&self) -> usize {
+        match self {
+            Reason::Write(_) => 0,
+            Reason::WriteFunction => 1,
+            Reason::SessionState(_) => 2,
+            Reason::Transaction => 3,
+            Reason::ReadOnlyTransaction => 4,
+            Reason::Read => 5,
+            Reason::ReadYourWrites => 6,
+            Reason::Hint => 7,
+            Reason::Pinned => 8,
+            Reason::ParseFailure => 9,
+            Reason::Fallback => 10,
+            Reason::NoSplit => 11,
+            Reason::Unclassified => 12,
+        }
+    }
+
+    /// The label's Prometheus spelling.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Reason::Write(_) => "write",
+            Reason::WriteFunction => "write_function",
+            Reason::SessionState(_) => "session_state",
+            Reason::Transaction => "transaction",
+            Reason::ReadOnlyTransaction => "read_only_transaction",
+            Reason::Read => "read",
+            Reason::ReadYourWrites => "read_your_writes",
+            Reason::Hint => "hint",
+            Reason::Pinned => "pinned",
+            Reason::ParseFailure => "parse_failure",
+            Reason::Fallback => "fallback",
+            Reason::NoSplit => "no_split",
+            Reason::Unclassified => "unclassified",
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Reason::Write(_) => "write",
@@ -102,7 +167,7 @@ pub enum RouteError {
 }
 
 /// What the router needs to know of one session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SessionRoute {
     /// The user's or database's `route`, or `SET pgrouter.route`.
     pub setting: Route,

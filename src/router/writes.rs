@@ -12,7 +12,7 @@ pub struct LastWrite {
     pub lsn: Option<(Lsn, u64)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SessionWrites {
     last: Option<LastWrite>,
 }

@@ -65,6 +65,8 @@ pub struct ServerConn {
     pub(crate) statements: ServerStatements,
     /// The client settings applied to it since its last reset.
     pub(crate) settings: Option<Arc<str>>,
+    /// Its pool's counters, once the pool has it.
+    pub(crate) stats: Option<Arc<crate::stats::PoolStats>>,
     id: u64,
     node: Arc<str>,
     cancel: CancelTarget,
@@ -95,6 +97,7 @@ impl ServerConn {
             idle_since: Instant::now(),
             statements: ServerStatements::default(),
             settings: None,
+            stats: None,
             id,
             node,
             cancel,
@@ -104,6 +107,11 @@ impl ServerConn {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The name of the node it is connected to.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub fn cancel_target(&self) -> &CancelTarget {
@@ -145,6 +153,9 @@ impl Drop for ServerConn {
         // server copes with a plain close too.
         if !self.broken {
             let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+        }
+        if let Some(stats) = &self.stats {
+            stats.connections_closed.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(server = self.id, node = %self.node, "server connection closed");
     }

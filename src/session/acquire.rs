@@ -7,6 +7,7 @@ use super::pin::{self, SessionEffect};
 use super::serve::{End, PendingSetting, Request, Session};
 use super::settings;
 use crate::client::ClientError;
+use crate::clients::ClientState;
 use crate::config::{Pinning, PoolMode, Route};
 use crate::pool::CheckoutError;
 use crate::protocol::backend::{self, sqlstate, Severity, STATUS_IDLE, STATUS_IN_TRANSACTION};
@@ -16,11 +17,15 @@ use crate::router::classify::{Classification, Kind, RouteSetting};
 use crate::router::{Decision, RouteError, Target};
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 impl Session {
     /// Routes the request that starts with `first` and checks out a server
     /// connection for it, or answers it without one.
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
+        if first.tag == frontend::QUERY && self.explain_locally(first).await? {
+            return Ok(());
+        }
         // Without a split nothing depends on the SQL: it is not even looked at.
         let sql = match self.router().splits() {
             true => frontend::query_text(&self.in_buf[..first.len]),
@@ -146,11 +151,13 @@ impl Session {
                 return self.reject_request(first, code, &error.to_string()).await;
             }
         };
+        self.pools.stats.count_decision(decision.reason);
         self.check_out(first, decision, class).await?;
         match effect {
             SessionEffect::Pin(reason) if self.server.is_some() => {
                 tracing::debug!(peer = %self.peer, reason, "client pinned to its server connection");
                 self.pinned = Some(reason);
+                self.cancel.slot.set_pinned(reason);
             }
             SessionEffect::Discard => {
                 if let Some(server) = self.server.as_mut() {
@@ -168,11 +175,21 @@ impl Session {
         mut decision: Decision,
         class: Option<Arc<Classification>>,
     ) -> Result<(), End> {
+        let slot = &self.cancel.slot;
+        slot.set_state(ClientState::Waiting);
+        if self.control.is_paused(&self.identity.database) {
+            slot.set_state(ClientState::Paused);
+            self.control.wait_unpaused(&self.identity.database).await;
+            slot.set_state(ClientState::Waiting);
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
             let pool = self.pools.nodes[decision.node].clone();
-            match pool.checkout().await {
+            let asked = Instant::now();
+            let checked_out = pool.checkout().await;
+            self.pools.stats.record_wait(asked.elapsed());
+            match checked_out {
                 Ok(mut server) => {
                     if let Err(error) = apply_settings(&mut server, self.settings.query()).await {
                         tracing::warn!(%error, "cannot apply the client's startup parameters");
@@ -182,7 +199,9 @@ impl Session {
                             .reject_request(first, sqlstate::CONNECTION_FAILURE, &error.to_string())
                             .await;
                     }
-                    self.cancel.slot.set(Some(server.cancel_target().clone()));
+                    let slot = &self.cancel.slot;
+                    slot.set(Some(server.cancel_target().clone()), Some(decision.node));
+                    slot.set_state(ClientState::Active);
                     let server_errors = server.state.errors();
                     self.server = Some(server);
                     let started = self.router().started(decision.node);
@@ -205,6 +224,13 @@ impl Session {
                     return Ok(());
                 }
                 Err(error) => {
+                    self.cancel.slot.set_state(ClientState::Idle);
+                    if let CheckoutError::Timeout { .. } = error {
+                        self.pools
+                            .stats
+                            .checkout_timeouts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if let CheckoutError::Server { .. } = error {
                         self.shared
                             .topology
@@ -372,6 +398,7 @@ impl Session {
         code: &str,
         message: &str,
     ) -> Result<(), End> {
+        crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, Severity::Error, code, message);
         let mut frame = first;

@@ -2,73 +2,47 @@
 //! user lookup, authentication, and the server's ParameterStatus set.
 
 use super::serve::Session;
-use crate::auth::ClientCheck;
-use crate::cancel::CancelRegistry;
 use crate::client::auth::authenticate;
 use crate::client::startup::{read_opening, Opening};
 use crate::client::{send_fatal, ClientError};
-use crate::config::{Config, Route};
-use crate::pool::{CheckoutError, Pools};
+use crate::config::{Route, ADMIN_DATABASE};
+use crate::control::{Control, Shared};
+use crate::pool::CheckoutError;
 use crate::protocol::backend::{self, sqlstate, STATUS_IDLE};
 use crate::protocol::startup::StartupPacket;
-use crate::router::Router;
-use crate::topology::Topology;
 use bytes::BytesMut;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// What every session shares.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub pools: Pools,
-    /// By user name.
-    pub checks: HashMap<String, ClientCheck>,
-    pub cancels: Arc<CancelRegistry>,
-    pub topology: Arc<Topology>,
-    pub router: Arc<Router>,
-    pub registry: crate::prepared::Registry,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>) -> Shared {
-        let checks = config
-            .users
-            .iter()
-            .map(|user| (user.name.get_ref().clone(), ClientCheck::for_user(user)))
-            .collect();
-        let topology = Arc::new(Topology::new(&config));
-        Shared {
-            pools: Pools::new(&config),
-            checks,
-            cancels: Default::default(),
-            router: Arc::new(Router::new(&config, topology.clone())),
-            registry: Default::default(),
-            topology,
-            config,
-        }
-    }
+/// A logged-in client: an application's, or an admin's on the console.
+pub enum LoggedIn {
+    Session(Box<Session>),
+    Console(TcpStream, Identity),
 }
 
 /// Logs the client in; `None` when the connection ended instead (a
 /// CancelRequest, a failed login), already reported and logged.
 pub async fn login(
-    shared: &Arc<Shared>,
+    control: &Arc<Control>,
     mut stream: TcpStream,
     peer: SocketAddr,
-) -> Option<Session> {
+) -> Option<LoggedIn> {
+    let shared = control.current();
     let timeout = shared.config.server.client_login_timeout.0;
-    let outcome = tokio::time::timeout(timeout, handshake(shared, &mut stream)).await;
+    let outcome = tokio::time::timeout(timeout, handshake(&shared, &mut stream)).await;
     let error = match outcome {
         Ok(Ok(Handshake::Cancel(key))) => {
-            shared.cancels.cancel(key).await;
+            control.clients.cancel(key).await;
             return None;
         }
+        Ok(Ok(Handshake::Ready(identity))) if identity.database == ADMIN_DATABASE => {
+            return Some(LoggedIn::Console(stream, identity));
+        }
         Ok(Ok(Handshake::Ready(identity))) => {
-            return match Session::start(shared.clone(), stream, peer, identity).await {
-                Ok(session) => Some(session),
+            return match Session::start(control.clone(), shared, stream, peer, identity).await {
+                Ok(session) => Some(LoggedIn::Session(Box::new(session))),
                 Err((mut stream, error)) => {
                     fail(&mut stream, peer, error).await;
                     None
@@ -135,7 +109,8 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
         .filter(|db| !db.is_empty())
         .unwrap_or(&user)
         .to_owned();
-    if shared.config.database(&database).is_none() {
+    let console = database == ADMIN_DATABASE;
+    if !console && shared.config.database(&database).is_none() {
         return Err(ClientError::fatal(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{database}\" does not exist"),
@@ -152,6 +127,12 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
             tracing::warn!(user, database, "client authentication failed");
         }
         return Err(error);
+    }
+    if console && !shared.config.user(&user).is_some_and(|u| u.admin) {
+        return Err(ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("user \"{user}\" may not use the admin console (admin = true is not set)"),
+        ));
     }
     let application_name = StartupPacket::param(&params, "application_name")
         .unwrap_or_default()
@@ -242,7 +223,7 @@ fn read_only_default(params: &[(String, String)]) -> bool {
 /// AuthenticationOk, the server's ParameterStatus set (with the client's
 /// own startup values where it gave them), our BackendKeyData and
 /// ReadyForQuery, in one write.
-pub(super) async fn send_welcome(
+pub async fn send_welcome(
     stream: &mut TcpStream,
     server_params: &[(String, String)],
     identity: &Identity,

@@ -20,8 +20,11 @@ use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
 use crate::protocol::extended;
 use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, PARSE, TERMINATE};
 use crate::protocol::ProtocolError;
-use crate::router::Router;
+use crate::protocol::backend::STATUS_IDLE;
+use crate::protocol::scan::Reply;
+use crate::router::{Router, Target};
 use crate::server::ServerConn;
+use crate::stats::PoolStats;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 /// Framed client bytes beyond which we stop reading from the client until
@@ -91,6 +95,10 @@ pub struct Relay<'a> {
     pub router: &'a Router,
     /// Client messages rewritten for the server, waiting to be written.
     pub server_out: &'a mut BytesMut,
+    /// The counters of the pool the server connection came from.
+    pub stats: &'a PoolStats,
+    /// Why the connection was chosen: counted by route.
+    pub route: Target,
 }
 
 struct Progress {
@@ -106,6 +114,13 @@ struct Progress {
     /// The statement of the last Bind sent, which a stale-plan error is
     /// about.
     last_bound: Option<Arc<Statement>>,
+    /// When the server, at rest, was sent the query now running.
+    query_since: Option<Instant>,
+    /// When the server, idle, was sent the transaction's first query.
+    transaction_since: Option<Instant>,
+    /// Bytes from the client and to it, not yet counted.
+    received: u64,
+    sent: u64,
 }
 
 impl Relay<'_> {
@@ -117,8 +132,45 @@ impl Relay<'_> {
             judged: 0,
             prepare: None,
             last_bound: None,
+            query_since: None,
+            transaction_since: None,
+            received: 0,
+            sent: 0,
         };
-        poll_fn(|cx| self.poll(cx, &mut progress)).await
+        let end = poll_fn(|cx| self.poll(cx, &mut progress)).await;
+        self.count_bytes(&mut progress);
+        end
+    }
+
+    fn count_bytes(&self, p: &mut Progress) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if p.received > 0 {
+            self.stats.bytes_received.fetch_add(p.received, Relaxed);
+            p.received = 0;
+        }
+        if p.sent > 0 {
+            self.stats.bytes_sent.fetch_add(p.sent, Relaxed);
+            p.sent = 0;
+        }
+    }
+
+    /// After replies were read: a server back at rest ended a query, and
+    /// a transaction when it is idle too.
+    fn time_answers(&self, p: &mut Progress) {
+        if !self.server.state.at_rest() {
+            return;
+        }
+        let Some(since) = p.query_since.take() else {
+            return;
+        };
+        let now = Instant::now();
+        self.stats.record_query(now - since);
+        if self.server.state.transaction_status() == STATUS_IDLE {
+            if let Some(since) = p.transaction_since.take() {
+                self.stats.record_transaction(now - since);
+            }
+        }
+        self.count_bytes(p);
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, p: &mut Progress) -> Poll<RelayEnd> {
@@ -178,6 +230,7 @@ impl Relay<'_> {
                     }
                     Poll::Ready(Ok(n)) => {
                         p.written += n;
+                        p.sent += n as u64;
                         moved = true;
                         if p.written == replies.len() {
                             replies.clear();
@@ -217,6 +270,7 @@ impl Relay<'_> {
                 match self.poll_server_read(cx) {
                     Poll::Ready(Ok(())) => {
                         moved = true;
+                        self.time_answers(p);
                         if self.server.state.take_stale_plan() {
                             if let Some(statement) = p.last_bound.take() {
                                 self.registry.invalidate(&statement);
@@ -243,7 +297,10 @@ impl Relay<'_> {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone)
                     }
-                    Poll::Ready(Ok(_)) => moved = true,
+                    Poll::Ready(Ok(n)) => {
+                        p.received += n as u64;
+                        moved = true;
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -296,6 +353,13 @@ impl Relay<'_> {
             else {
                 return Ok(());
             };
+            if p.query_since.is_none() && self.server.state.at_rest() {
+                let now = Instant::now();
+                p.query_since = Some(now);
+                if self.server.state.transaction_status() == STATUS_IDLE {
+                    p.transaction_since = Some(now);
+                }
+            }
             if frame.tag == TERMINATE {
                 p.terminated = true;
                 return Ok(());
@@ -457,9 +521,17 @@ impl Relay<'_> {
         };
         let fresh = &server.read_buf[server.read_buf.len() - n..];
         let state = &mut server.state;
+        let (stats, route) = (self.stats, self.route);
         server
             .scanner
-            .scan(fresh, |reply| state.on_reply(reply))
+            .scan(fresh, |reply| {
+                match reply {
+                    Reply::ReadyForQuery(status) => stats.count_ready(route, status == STATUS_IDLE),
+                    Reply::Error(code) => crate::stats::count_error(&code),
+                    _ => {}
+                }
+                state.on_reply(reply)
+            })
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
         Poll::Ready(Ok(()))
     }

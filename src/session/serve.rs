@@ -3,12 +3,13 @@
 //! (transaction mode) or the session (session mode) ends, and give the
 //! connection back clean.
 
-use super::login::{checkout_sqlstate, send_welcome, Identity, Shared};
+use super::login::{checkout_sqlstate, send_welcome, Identity};
 use super::relay::{Relay, RelayEnd};
 use super::settings::SessionSettings;
-use crate::cancel::Registration;
 use crate::client::ClientError;
+use crate::clients::{ClientInfo, ClientState, Registration};
 use crate::config::{PoolMode, ReadYourWrites};
+use crate::control::{Control, Shared};
 use crate::pool::{Pool, PoolSet, PooledServer};
 use crate::prepared::ClientStatements;
 use crate::protocol::backend::{self, sqlstate, Severity};
@@ -31,6 +32,9 @@ const READ_CHUNK: usize = 8 * 1024;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Session {
+    pub(super) control: Arc<Control>,
+    /// The configuration generation `shared` belongs to.
+    generation: u64,
     pub(super) shared: Arc<Shared>,
     pub(super) stream: TcpStream,
     pub(super) peer: SocketAddr,
@@ -88,12 +92,15 @@ pub(super) enum End {
     Gone,
     Protocol(String),
     ServerFailed(String),
+    /// pgrouter is shutting down and the client is between transactions.
+    Shutdown,
 }
 
 impl Session {
     /// Finishes the login: the pool's ParameterStatus set, our key, and
     /// the first ReadyForQuery.
     pub async fn start(
+        control: Arc<Control>,
         shared: Arc<Shared>,
         mut stream: TcpStream,
         peer: SocketAddr,
@@ -117,7 +124,12 @@ impl Session {
                 return Err((stream, error));
             }
         };
-        let cancel = shared.cancels.register();
+        let cancel = control.clients.register(ClientInfo {
+            peer,
+            user: identity.user.clone(),
+            database: identity.database.clone(),
+            application_name: identity.application_name.clone(),
+        });
         if let Err(error) = send_welcome(&mut stream, &params, &identity, cancel.key).await {
             return Err((stream, error.into()));
         }
@@ -129,6 +141,8 @@ impl Session {
             "client connected"
         );
         Ok(Session {
+            generation: control.generation(),
+            control,
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: pools.nodes[first].settings.mode,
             max_prepared: pools.nodes[first].settings.max_prepared_statements,
@@ -167,6 +181,11 @@ impl Session {
         self.cleanup().await;
         match end {
             End::Terminated | End::Gone => {}
+            End::Shutdown => {
+                let message = "terminating connection: pgrouter is shutting down";
+                self.send_error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message)
+                    .await;
+            }
             End::Protocol(error) => {
                 tracing::warn!(peer = %self.peer, %error, "closing client: protocol violation");
                 self.send_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &error)
@@ -190,8 +209,10 @@ impl Session {
     async fn serve_requests(&mut self) -> End {
         loop {
             if self.server.is_none() {
-                let frame = match self.next_request().await {
-                    Ok(frame) => frame,
+                self.follow_reload();
+                let frame = match self.next_request_unless_closing().await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return End::Shutdown,
                     Err(ClientError::Protocol(error)) => return End::Protocol(error.to_string()),
                     Err(_) => return End::Gone,
                 };
@@ -204,6 +225,10 @@ impl Session {
                 continue;
             }
             let guarded = self.request.as_ref().is_some_and(|r| r.guarded);
+            let (request_node, route) = match &self.request {
+                Some(request) => (request.decision.node, request.decision.target),
+                None => (0, crate::router::Target::Primary),
+            };
             let Some(server) = self.server.as_mut() else {
                 continue;
             };
@@ -224,9 +249,14 @@ impl Session {
                 registry: &self.shared.registry,
                 router: &self.shared.router,
                 server_out: &mut self.server_out,
+                stats: &self.pools.nodes[request_node].stats,
+                route,
             }
             .run()
             .await;
+            if let Some(reason) = self.pinned {
+                self.cancel.slot.set_pinned(reason);
+            }
             match outcome {
                 RelayEnd::Released => self.finish_request().await,
                 RelayEnd::Prepare(statement) => {
@@ -281,6 +311,10 @@ impl Session {
     /// Puts what a guarded request sent back in front of the client's
     /// unsent bytes, to be routed again (once).
     fn rewind_for_retry(&mut self) {
+        self.pools
+            .stats
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut replay = BytesMut::with_capacity(self.retry_buf.len() + self.in_buf.len());
         replay.extend_from_slice(&self.retry_buf);
         replay.extend_from_slice(&self.in_buf);
@@ -336,6 +370,47 @@ impl Session {
         }
     }
 
+    /// Moves to the newest configuration, between transactions. A client
+    /// whose database or user a reload removed stays on the old one.
+    fn follow_reload(&mut self) {
+        let generation = self.control.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let shared = self.control.current();
+        let Some(pools) = shared
+            .pools
+            .get(&self.identity.database, &self.identity.user)
+            .cloned()
+        else {
+            return;
+        };
+        let settings = &pools.nodes[0].settings;
+        self.mode = settings.mode;
+        self.max_prepared = settings.max_prepared_statements;
+        self.max_message = shared.config.server.max_message_size.get_ref().0 as usize;
+        self.pools = pools;
+        self.shared = shared;
+    }
+
+    /// The next request, or `None` when pgrouter is shutting down and the
+    /// client is between transactions (a deferred BEGIN is a transaction
+    /// to the client: it may still commit it).
+    async fn next_request_unless_closing(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.deferred_begin.is_some() {
+            return self.next_request().await.map(Some);
+        }
+        if self.control.shutting_down() {
+            return Ok(None);
+        }
+        let slot = self.cancel.slot.clone();
+        tokio::select! {
+            frame = self.next_request() => frame.map(Some),
+            () = slot.closing.notified() => Ok(None),
+        }
+    }
+
     /// Waits for the client's next whole message while it holds no server
     /// connection.
     pub(super) async fn next_request(&mut self) -> Result<Frame, ClientError> {
@@ -369,6 +444,7 @@ impl Session {
     /// Answers the rest of the client's request (up to its Sync) with an
     /// error, as PostgreSQL skips a failed batch, while holding a server.
     async fn fail_request(&mut self, code: &str, message: &str, status: u8) -> Result<(), End> {
+        crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, Severity::Error, code, message);
         loop {
@@ -394,7 +470,8 @@ impl Session {
     }
 
     fn release(&mut self) {
-        self.cancel.slot.set(None);
+        self.cancel.slot.set(None, None);
+        self.cancel.slot.set_state(ClientState::Idle);
         if let Some(server) = self.server.take() {
             Pool::release(server);
         }
@@ -417,7 +494,7 @@ impl Session {
     /// Gives back the server connection of a client that has gone: rolled
     /// back and, in session mode, reset; closed when that is not possible.
     async fn cleanup(&mut self) {
-        self.cancel.slot.set(None);
+        self.cancel.slot.set(None, None);
         if let Some(request) = self.request.take() {
             self.shared
                 .router
@@ -451,6 +528,7 @@ impl Session {
     }
 
     pub(super) async fn send_error(&mut self, severity: Severity, code: &str, message: &str) {
+        crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;

@@ -31,9 +31,16 @@ pub struct NodeState {
     lsn: AtomicU64,
     lag_bytes: AtomicU64,
     lag_millis: AtomicU64,
+    /// Times the node was banned, since pgrouter started.
+    bans: AtomicU64,
+    pub address: String,
 }
 
 impl NodeState {
+    pub fn bans(&self) -> u64 {
+        self.bans.load(Relaxed)
+    }
+
     pub fn is_primary(&self) -> bool {
         self.is_primary.load(Relaxed)
     }
@@ -91,6 +98,8 @@ pub struct Topology {
     ban_time: Duration,
     max_lag: Duration,
     max_lag_bytes: u64,
+    /// A reload replaced this topology: its monitors stop.
+    retired: AtomicBool,
 }
 
 impl Topology {
@@ -111,6 +120,8 @@ impl Topology {
                     lsn: AtomicU64::new(0),
                     lag_bytes: AtomicU64::new(0),
                     lag_millis: AtomicU64::new(0),
+                    bans: AtomicU64::new(0),
+                    address: node.address.to_string(),
                 }
             })
             .collect();
@@ -130,7 +141,74 @@ impl Topology {
             ban_time: routing.ban_time.0,
             max_lag: routing.max_replica_lag.0,
             max_lag_bytes: routing.max_replica_lag_bytes.0,
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Takes over what the topology being replaced by a reload knows of
+    /// the nodes both have (same name and address), so that routing goes
+    /// on as before until the new monitors have checked them.
+    pub fn inherit(&self, old: &Topology) {
+        for node in &self.nodes {
+            let Some(before) = old
+                .nodes
+                .iter()
+                .find(|o| o.name == node.name && o.address == node.address)
+            else {
+                continue;
+            };
+            node.healthy.store(before.healthy(), Relaxed);
+            if node.configured_role == NodeRole::Auto {
+                node.is_primary.store(before.is_primary(), Relaxed);
+            }
+            node.lsn.store(before.lsn.load(Relaxed), Relaxed);
+            node.lag_bytes.store(before.lag_bytes(), Relaxed);
+            node.lag_millis.store(before.lag_millis.load(Relaxed), Relaxed);
+            node.bans.store(before.bans(), Relaxed);
+            let banned_for = before
+                .banned_until
+                .load(Relaxed)
+                .saturating_sub(old.now_millis());
+            if banned_for > 0 {
+                node.banned_until
+                    .store(self.now_millis() + banned_for, Relaxed);
+            }
+        }
+        self.elect_primary_quietly();
+        // The same primary: positions taken before the reload stay valid.
+        let same_primary = match (self.primary(), old.primary()) {
+            (Some(new), Some(before)) => self.nodes[new].name == old.nodes[before].name,
+            _ => false,
+        };
+        if same_primary {
+            self.epoch.store(old.epoch(), Relaxed);
+            self.epoch_floor.store(old.epoch_floor().0, Relaxed);
+            *self.insert_position.lock() = old.insert_position();
+        } else {
+            self.epoch.store(old.epoch() + 1, Relaxed);
+        }
+    }
+
+    fn elect_primary_quietly(&self) {
+        let elected = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_primary() && self.nodes[i].healthy())
+            .min_by_key(|&i| self.nodes[i].configured_role != NodeRole::Primary)
+            .unwrap_or(NO_PRIMARY);
+        self.primary.store(elected, Relaxed);
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
+    /// How much longer the node stays banned.
+    pub fn ban_left(&self, index: usize) -> Duration {
+        let until = self.nodes[index].banned_until.load(Relaxed);
+        Duration::from_millis(until.saturating_sub(self.now_millis()))
     }
 
     pub fn nodes(&self) -> &[NodeState] {
@@ -176,6 +254,7 @@ impl Topology {
         let until = self.now_millis() + self.ban_time.as_millis() as u64;
         let before = node.banned_until.swap(until, Relaxed);
         if before <= self.now_millis() {
+            node.bans.fetch_add(1, Relaxed);
             tracing::warn!(node = %node.name, reason = why, ban_time = ?self.ban_time, "node banned");
         }
     }

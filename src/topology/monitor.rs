@@ -45,8 +45,8 @@ impl Monitor {
         }
     }
 
-    /// Checks the node every interval, forever; says when the first
-    /// check is done.
+    /// Checks the node every interval until a reload retires its
+    /// topology; says when the first check is done.
     pub async fn run(mut self, first_done: tokio::sync::oneshot::Sender<()>) {
         let mut ticks = tokio::time::interval(self.target.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,6 +55,9 @@ impl Monitor {
         let _ = first_done.send(());
         loop {
             ticks.tick().await;
+            if self.topology.is_retired() {
+                return;
+            }
             self.check().await;
         }
     }
