@@ -99,6 +99,8 @@ pub struct Relay<'a> {
     pub stats: &'a PoolStats,
     /// Why the connection was chosen: counted by route.
     pub route: Target,
+    /// Client bytes the session read before the relay started.
+    pub received_before: u64,
 }
 
 struct Progress {
@@ -134,7 +136,7 @@ impl Relay<'_> {
             last_bound: None,
             query_since: None,
             transaction_since: None,
-            received: 0,
+            received: self.received_before,
             sent: 0,
         };
         let end = poll_fn(|cx| self.poll(cx, &mut progress)).await;

@@ -68,6 +68,8 @@ pub struct Session {
     /// Client messages rewritten for the server (see `Relay`).
     server_out: BytesMut,
     max_prepared: usize,
+    /// Bytes read from the client and not yet counted (see `Relay`).
+    received: u64,
 }
 
 pub(super) enum PendingSetting {
@@ -169,6 +171,7 @@ impl Session {
             pinned: None,
             pending_setting: None,
             server_out: BytesMut::new(),
+            received: 0,
         })
     }
 
@@ -251,6 +254,7 @@ impl Session {
                 server_out: &mut self.server_out,
                 stats: &self.pools.nodes[request_node].stats,
                 route,
+                received_before: std::mem::take(&mut self.received),
             }
             .run()
             .await;
@@ -434,7 +438,7 @@ impl Session {
             self.in_buf.reserve(want);
             match self.stream.try_read_buf(&mut self.in_buf) {
                 Ok(0) => return Err(ClientError::Closed),
-                Ok(_) => {}
+                Ok(n) => self.received += n as u64,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(error.into()),
             }

@@ -4,6 +4,8 @@
 
 use super::cluster::{NodeInfo, APP_PASSWORD, MD5_PASSWORD};
 
+pub const ADMIN_PASSWORD: &str = "console-secret";
+
 pub struct RouterConfig {
     server: Vec<String>,
     pool: Vec<String>,
@@ -100,6 +102,14 @@ auth = "trust"
     /// Adds a line to the `[[databases]]` table, e.g. `route = "replica"`.
     pub fn database_line(mut self, line: &str) -> Self {
         self.database_lines.push(line.into());
+        self
+    }
+
+    /// Adds the console user `admin` (password `ADMIN_PASSWORD`).
+    pub fn admin(mut self) -> Self {
+        self.users.push_str(&format!(
+            "\n[[users]]\nname = \"admin\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n"
+        ));
         self
     }
 

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod pgrouter;
 pub mod wait;
 

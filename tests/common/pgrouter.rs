@@ -152,6 +152,12 @@ impl Pgrouter {
         self.child.id()
     }
 
+    /// Replaces the configuration file, for a reload to read.
+    pub fn rewrite_config(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.config_path.display()));
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

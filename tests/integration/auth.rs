@@ -285,7 +285,7 @@ auth = "md5"
 }
 
 /// Runs psql against `url` with a clean libpq environment.
-fn psql(url: &str, sql: &str) -> Output {
+pub fn psql(url: &str, sql: &str) -> Output {
     let bin = bindir().join("psql");
     let bin = if bin.exists() { bin } else { "psql".into() };
     let mut cmd = Command::new(&bin);

@@ -4,11 +4,13 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod auth;
 mod cancel;
 mod cli;
 mod drivers;
 mod harness;
+mod metrics;
 mod pooling;
 mod prepared;
 mod queries;
