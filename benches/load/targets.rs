@@ -34,6 +34,17 @@ pub fn direct(cluster: &Cluster) -> Target {
 /// pgrouter in transaction mode with a pool of `pool`; `routing` adds the
 /// replicas and read-your-writes mode, or `None` for the primary alone.
 pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str>) -> Target {
+    pgrouter_binary(cluster, name, pool, routing, env!("CARGO_BIN_EXE_pgrouter"))
+}
+
+/// `pgrouter` with the binary at `binary` (PGROUTER_BASELINE_BIN).
+pub fn pgrouter_binary(
+    cluster: &Cluster,
+    name: &str,
+    pool: usize,
+    routing: Option<&str>,
+    binary: &str,
+) -> Target {
     let mut config = RouterConfig::new(cluster.primary(), "app")
         .server("max_client_connections = 10000")
         .pool(&format!("max_connections = {pool}"))
@@ -46,7 +57,8 @@ pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str
         None => config.routing("read_write_split = false"),
     };
     std::env::set_var("PGROUTER_TEST_LOG", "warn,pgrouter::app=info");
-    let router = Pgrouter::start(&config.build());
+    let router = Pgrouter::try_start_binary(binary, &config.build())
+        .unwrap_or_else(|error| panic!("{name}: {error}"));
     Target {
         name: name.into(),
         url: router.url("app", APP_PASSWORD, "app"),

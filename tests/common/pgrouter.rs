@@ -43,6 +43,12 @@ impl Pgrouter {
     /// process exits before listening (for config-error tests). Still
     /// panics if it neither exits nor listens within 30 s.
     pub fn try_start(config_toml: &str) -> Result<Pgrouter, String> {
+        Self::try_start_binary(env!("CARGO_BIN_EXE_pgrouter"), config_toml)
+    }
+
+    /// Like [`Pgrouter::try_start`], with another build of pgrouter (the
+    /// load benchmark compares two).
+    pub fn try_start_binary(binary: &str, config_toml: &str) -> Result<Pgrouter, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let config_path = std::env::temp_dir().join(format!(
             "pgrouter-it-{}-{}.toml",
@@ -54,7 +60,7 @@ impl Pgrouter {
 
         let log_filter =
             std::env::var("PGROUTER_TEST_LOG").unwrap_or_else(|_| "info,pgrouter=debug".into());
-        let mut child = match Command::new(env!("CARGO_BIN_EXE_pgrouter"))
+        let mut child = match Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", log_filter)
@@ -67,7 +73,7 @@ impl Pgrouter {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_file(&config_path);
-                panic!("spawning {}: {e}", env!("CARGO_BIN_EXE_pgrouter"));
+                panic!("spawning {binary}: {e}");
             }
         };
 
@@ -287,13 +293,13 @@ fn spawn_watchdog(pid: u32) -> Option<(Child, ChildStdin)> {
     Some((child, stdin))
 }
 
-/// Parses the first whitespace-separated token after "listening on ".
+/// Parses the address after "listening on ", in a text or a JSON log line.
 fn parse_listening(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let token = rest.split_whitespace().next()?;
-    let token = token.trim_matches(|c: char| {
-        !(c.is_ascii_alphanumeric() || c == '.' || c == ':' || c == '[' || c == ']')
-    });
+    let token: String = rest
+        .chars()
+        .take_while(|&c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
     token.parse().ok()
 }
 

@@ -10,6 +10,7 @@ mod cancel;
 mod cli;
 mod drivers;
 mod harness;
+mod lifecycle;
 mod metrics;
 mod pooling;
 mod prepared;
