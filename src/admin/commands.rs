@@ -11,18 +11,30 @@ use crate::session::explain_route;
 const SYNTAX_ERROR: &str = "42601";
 
 const HELP: &[(&str, &str)] = &[
-    ("SHOW POOLS", "clients and server connections per database and user"),
+    (
+        "SHOW POOLS",
+        "clients and server connections per database and user",
+    ),
     ("SHOW CLIENTS", "every connected client"),
     ("SHOW SERVERS", "every server connection"),
     ("SHOW NODES", "role, health, lag and ban of every node"),
-    ("SHOW STATS", "queries, transactions, bytes and times per pool"),
+    (
+        "SHOW STATS",
+        "queries, transactions, bytes and times per pool",
+    ),
     ("SHOW CONFIG", "the configuration in force"),
     ("SHOW VERSION", "pgrouter's version"),
-    ("PAUSE [db]", "wait for running transactions, then hold new ones"),
+    (
+        "PAUSE [db]",
+        "wait for running transactions, then hold new ones",
+    ),
     ("RESUME [db]", "let held transactions go on"),
     ("RELOAD", "re-read the configuration file"),
     ("SHUTDOWN", "stop, letting running transactions finish"),
-    ("EXPLAIN ROUTE <sql>", "where a statement would run, and why"),
+    (
+        "EXPLAIN ROUTE <sql>",
+        "where a statement would run, and why",
+    ),
 ];
 
 pub async fn run(control: &Control, text: &str) -> Result<Answer, Refusal> {

@@ -17,9 +17,12 @@ pub fn show(control: &Control, what: &str) -> Option<Answer> {
         "CONFIG" => config(&control.current().config),
         "VERSION" => Answer::rows(
             &["version"],
-            vec![vec![Some(format!("pgrouter {}", env!("CARGO_PKG_VERSION")))]],
+            vec![vec![Some(format!(
+                "pgrouter {}",
+                env!("CARGO_PKG_VERSION")
+            ))]],
         ),
-        
+
         _ => return None,
     })
 }
@@ -216,7 +219,11 @@ fn nodes(control: &Control) -> Answer {
         .iter()
         .enumerate()
         .map(|(index, node)| {
-            let role = if node.is_primary() { "primary" } else { "replica" };
+            let role = if node.is_primary() {
+                "primary"
+            } else {
+                "replica"
+            };
             let banned = topology.is_banned(index);
             vec![
                 text(&node.name),
@@ -271,14 +278,23 @@ fn stats(control: &Control) -> Answer {
                 text(&pool.node),
                 text(queries),
                 text(transactions),
-                text(pool.bytes_received.load(std::sync::atomic::Ordering::Relaxed)),
+                text(
+                    pool.bytes_received
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
                 text(pool.bytes_sent.load(std::sync::atomic::Ordering::Relaxed)),
                 text(pool.query_micros()),
                 text(pool.transaction_micros()),
                 text(average(pool.query_micros(), queries)),
                 text(average(pool.transaction_micros(), transactions)),
-                text(pool.connections_opened.load(std::sync::atomic::Ordering::Relaxed)),
-                text(pool.connections_closed.load(std::sync::atomic::Ordering::Relaxed)),
+                text(
+                    pool.connections_opened
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                text(
+                    pool.connections_closed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
             ]
         })
         .collect();

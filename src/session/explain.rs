@@ -90,14 +90,17 @@ fn detail(
             "primary_reads is on and balancing chose the primary".into()
         }
         Reason::ReadYourWrites => match session.writes.last().and_then(|w| w.lsn) {
-            Some((lsn, _)) => format!(
-                "this session wrote up to {lsn}; no replica in service has replayed it yet"
-            ),
+            Some((lsn, _)) => {
+                format!("this session wrote up to {lsn}; no replica in service has replayed it yet")
+            }
             None => "this session has just written; no replica is known to have it yet".into(),
         },
         Reason::Hint => "a /* pgrouter:... */ hint in the statement".into(),
-        Reason::Pinned => format!("route = {:?} (user, database or SET pgrouter.route)", session.setting)
-            .to_lowercase(),
+        Reason::Pinned => format!(
+            "route = {:?} (user, database or SET pgrouter.route)",
+            session.setting
+        )
+        .to_lowercase(),
         Reason::ParseFailure => "the statement could not be parsed: the primary is safe".into(),
         Reason::Fallback => {
             "no replica may serve it (down, banned or lagging past max_replica_lag)".into()

@@ -17,11 +17,11 @@
 use super::pin;
 use crate::prepared::{ClientStatements, Registry, Statement};
 use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
+use crate::protocol::backend::STATUS_IDLE;
 use crate::protocol::extended;
 use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, PARSE, TERMINATE};
-use crate::protocol::ProtocolError;
-use crate::protocol::backend::STATUS_IDLE;
 use crate::protocol::scan::Reply;
+use crate::protocol::ProtocolError;
 use crate::router::{Router, Target};
 use crate::server::ServerConn;
 use crate::stats::PoolStats;

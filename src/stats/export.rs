@@ -80,8 +80,7 @@ fn publish_once(control: &Control) {
         for reason in Reason::ALL {
             let mut reasoned = labels.to_vec();
             reasoned.push(("reason", reason.metric_label().to_owned()));
-            counter!("pgrouter_routing_decisions_total", &reasoned)
-                .absolute(set.decisions(reason));
+            counter!("pgrouter_routing_decisions_total", &reasoned).absolute(set.decisions(reason));
         }
         counter!("pgrouter_checkout_timeouts_total", &labels)
             .absolute(set.checkout_timeouts.load(Relaxed));

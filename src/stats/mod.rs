@@ -69,7 +69,8 @@ impl PoolStats {
     }
 
     pub fn record_query(&self, took: Duration) {
-        self.query_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.query_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
         self.query_duration.record(took.as_secs_f64());
     }
 
@@ -131,7 +132,8 @@ impl SetStats {
     }
 
     pub fn record_wait(&self, waited: Duration) {
-        self.wait_micros.fetch_add(waited.as_micros() as u64, Relaxed);
+        self.wait_micros
+            .fetch_add(waited.as_micros() as u64, Relaxed);
         self.checkout_wait.record(waited.as_secs_f64());
     }
 
@@ -243,9 +245,23 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_has_its_own_counter() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), index, "{reason:?}");
+        }
+        let stats = Stats::default();
+        let set = stats.set("db", "u");
+        set.count_decision(Reason::ReadYourWrites);
+        assert_eq!(set.decisions(Reason::ReadYourWrites), 1);
+        assert_eq!(set.decisions(Reason::Read), 0);
+    }
+
+    #[test]
     fn counters_survive_a_second_lookup() {
         let stats = Stats::default();
-        stats.pool("db", "u", "n").count_ready(Target::Replica, true);
+        stats
+            .pool("db", "u", "n")
+            .count_ready(Target::Replica, true);
         let again = stats.pool("db", "u", "n");
         assert_eq!(again.queries(Target::Replica), 1);
         assert_eq!(again.transactions(Target::Replica), 1);

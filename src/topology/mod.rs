@@ -163,7 +163,8 @@ impl Topology {
             }
             node.lsn.store(before.lsn.load(Relaxed), Relaxed);
             node.lag_bytes.store(before.lag_bytes(), Relaxed);
-            node.lag_millis.store(before.lag_millis.load(Relaxed), Relaxed);
+            node.lag_millis
+                .store(before.lag_millis.load(Relaxed), Relaxed);
             node.bans.store(before.bans(), Relaxed);
             let banned_for = before
                 .banned_until

@@ -47,13 +47,17 @@ async fn console_shows_pools_clients_servers_nodes_stats_config_and_version() {
 
     let clients = rows(&console, "SHOW CLIENTS").await;
     assert!(
-        clients.iter().any(|c| c["database"] == db && c["state"] == "idle"),
+        clients
+            .iter()
+            .any(|c| c["database"] == db && c["state"] == "idle"),
         "{clients:?}"
     );
     assert!(clients.iter().any(|c| c["database"] == "pgrouter"));
 
     let servers = rows(&console, "SHOW SERVERS;").await;
-    assert!(servers.iter().any(|s| s["node"] == "primary" && s["state"] == "idle"));
+    assert!(servers
+        .iter()
+        .any(|s| s["node"] == "primary" && s["state"] == "idle"));
     assert!(servers.iter().all(|s| !s["backend_pid"].is_empty()));
 
     let nodes = rows(&console, "show nodes").await;
@@ -76,23 +80,28 @@ async fn console_shows_pools_clients_servers_nodes_stats_config_and_version() {
     assert!(queries >= 2, "{stats:?}");
 
     let config = rows(&console, "SHOW CONFIG").await;
-    assert!(config.iter().any(|c| c["key"] == "pool.max_connections" && c["value"] == "5"));
+    assert!(config
+        .iter()
+        .any(|c| c["key"] == "pool.max_connections" && c["value"] == "5"));
     let version = first_value(&console, "SHOW VERSION").await;
     assert!(version.starts_with("pgrouter "), "{version}");
 
     let unknown = console.simple_query("SHOW WHATEVER").await.unwrap_err();
     assert_eq!(unknown.code(), Some(&SqlState::SYNTAX_ERROR), "{unknown:?}");
-    assert!(unknown.to_string().contains("SHOW HELP") || format!("{unknown:?}").contains("SHOW HELP"));
+    assert!(
+        unknown.to_string().contains("SHOW HELP") || format!("{unknown:?}").contains("SHOW HELP")
+    );
     let explained = rows(&console, "EXPLAIN ROUTE DELETE FROM t").await;
     assert_eq!(explained[0]["route"], "primary");
 
     // Not an admin: refused at login.
-    let refused = router
-        .try_connect("app", APP_PASSWORD, "pgrouter")
-        .await
-        .err()
-        .expect("app may not use the console");
-    assert_eq!(refused.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION));
+    let Err(refused) = router.try_connect("app", APP_PASSWORD, "pgrouter").await else {
+        panic!("app may not use the console");
+    };
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
 
     // psql shows the console's answers as ordinary result sets.
     let url = router.url("admin", ADMIN_PASSWORD, "pgrouter");
@@ -116,7 +125,8 @@ async fn pause_waits_for_the_running_transaction_and_holds_new_ones_until_resume
     let watcher = router.connect("admin", ADMIN_PASSWORD, "pgrouter").await;
 
     let pause_sql = format!("PAUSE {db}");
-    let pause = tokio::spawn(async move { console.simple_query(&pause_sql).await.map(|_| console) });
+    let pause =
+        tokio::spawn(async move { console.simple_query(&pause_sql).await.map(|_| console) });
     let db_name = db.clone();
     eventually(DEADLINE, "SHOW POOLS says paused", || {
         let (watcher, db) = (&watcher, &db_name);
@@ -148,7 +158,10 @@ async fn pause_waits_for_the_running_transaction_and_holds_new_ones_until_resume
     .await;
 
     // The running transaction finishes; then PAUSE returns.
-    in_flight.simple_query("INSERT INTO t VALUES (2)").await.unwrap();
+    in_flight
+        .simple_query("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
     in_flight.simple_query("COMMIT").await.unwrap();
     let console = tokio::time::timeout(DEADLINE, pause)
         .await
@@ -157,10 +170,7 @@ async fn pause_waits_for_the_running_transaction_and_holds_new_ones_until_resume
         .expect("PAUSE succeeds");
     assert!(!held_query.is_finished(), "still held while paused");
 
-    console
-        .simple_query(&format!("RESUME {db}"))
-        .await
-        .unwrap();
+    console.simple_query(&format!("RESUME {db}")).await.unwrap();
     let (_held, count) = tokio::time::timeout(DEADLINE, held_query)
         .await
         .expect("the held query runs after RESUME")
@@ -183,8 +193,14 @@ async fn explain_route_answers_without_running_the_statement() {
     assert_eq!(write[0]["node"], "primary");
     assert_eq!(write[0]["route"], "primary");
     assert_eq!(write[0]["reason"], "write");
-    let su = Cluster::shared().superuser(Cluster::shared().primary(), &db).await;
-    assert_eq!(first_value(&su, "SELECT count(*) FROM t").await, "0", "not run");
+    let su = Cluster::shared()
+        .superuser(Cluster::shared().primary(), &db)
+        .await;
+    assert_eq!(
+        first_value(&su, "SELECT count(*) FROM t").await,
+        "0",
+        "not run"
+    );
 
     let read = rows(&client, "explain route SELECT * FROM t").await;
     assert_eq!(read[0]["route"], "replica");

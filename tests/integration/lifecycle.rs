@@ -65,7 +65,10 @@ async fn reload_changes_pools_and_weights_under_a_querying_client() {
             .find(|p| p["database"] == db && p["user"] == "app")
             .map(|p| p["max_connections"].clone())
     };
-    assert_eq!(pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(), Some("2"));
+    assert_eq!(
+        pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(),
+        Some("2")
+    );
 
     // SIGHUP re-reads the file.
     router.rewrite_config(&config(&db, 7, 5));
@@ -89,12 +92,25 @@ async fn reload_changes_pools_and_weights_under_a_querying_client() {
     // the configuration in force stays.
     router.rewrite_config(&config(&db, 3, 2));
     console.simple_query("RELOAD").await.unwrap();
-    assert_eq!(pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(), Some("3"));
+    assert_eq!(
+        pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(),
+        Some("3")
+    );
     router.rewrite_config("[pool]\nmax_connections = \"many\"\n");
     let refused = console.simple_query("RELOAD").await.unwrap_err();
-    assert_eq!(refused.code(), Some(&SqlState::CONFIG_FILE_ERROR), "{refused:?}");
-    assert!(format!("{refused:?}").contains("\\\"many\\\""), "{refused:?}");
-    assert_eq!(pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(), Some("3"));
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::CONFIG_FILE_ERROR),
+        "{refused:?}"
+    );
+    assert!(
+        format!("{refused:?}").contains("\\\"many\\\""),
+        "{refused:?}"
+    );
+    assert_eq!(
+        pool_max(rows(&console, "SHOW POOLS").await, &db).as_deref(),
+        Some("3")
+    );
 
     // A removed node drains: new requests no longer see it.
     let cluster = Cluster::shared();

@@ -51,7 +51,13 @@ async fn metrics_follow_a_workload_and_replica_lag() {
     })
     .await;
     let body = scrape_async(port).await;
-    let decisions = |reason| metric(&body, "pgrouter_routing_decisions_total", &[("reason", reason)]);
+    let decisions = |reason| {
+        metric(
+            &body,
+            "pgrouter_routing_decisions_total",
+            &[("reason", reason)],
+        )
+    };
     assert!(decisions("read") >= 20.0, "{body}");
     assert!(decisions("write") >= 5.0, "{body}");
     assert!(
@@ -59,22 +65,48 @@ async fn metrics_follow_a_workload_and_replica_lag() {
         "{body}"
     );
     for name in ["pgrouter_bytes_received_total", "pgrouter_bytes_sent_total"] {
-        assert!(metric(&body, name, &[("database", "app"), ("user", "app")]) > 0.0, "{name}");
+        assert!(
+            metric(&body, name, &[("database", "app"), ("user", "app")]) > 0.0,
+            "{name}"
+        );
     }
     let opened = metric(&body, "pgrouter_server_connections_opened_total", &[]);
     assert!(opened >= 2.0, "a connection to each node: {opened}");
-    assert_eq!(metric(&body, "pgrouter_node_up", &[("node", "primary")]), 1.0);
-    assert_eq!(metric(&body, "pgrouter_node_primary", &[("node", "primary")]), 1.0);
-    assert_eq!(metric(&body, "pgrouter_node_primary", &[("node", "replica1")]), 0.0);
-    assert!(metric(&body, "pgrouter_query_duration_seconds_count", &[("node", "replica1")]) >= 20.0);
+    assert_eq!(
+        metric(&body, "pgrouter_node_up", &[("node", "primary")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&body, "pgrouter_node_primary", &[("node", "primary")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&body, "pgrouter_node_primary", &[("node", "replica1")]),
+        0.0
+    );
+    assert!(
+        metric(
+            &body,
+            "pgrouter_query_duration_seconds_count",
+            &[("node", "replica1")]
+        ) >= 20.0
+    );
     assert!(metric(&body, "pgrouter_checkout_wait_seconds_count", &[]) >= 25.0);
     assert_eq!(
-        metric(&body, "pgrouter_clients", &[("state", "idle"), ("user", "app")]),
+        metric(
+            &body,
+            "pgrouter_clients",
+            &[("state", "idle"), ("user", "app")]
+        ),
         1.0,
         "one idle client"
     );
     assert_eq!(
-        metric(&body, "pgrouter_server_connections", &[("node", "replica1"), ("state", "active")]),
+        metric(
+            &body,
+            "pgrouter_server_connections",
+            &[("node", "replica1"), ("state", "active")]
+        ),
         0.0
     );
 
@@ -94,7 +126,11 @@ async fn metrics_follow_a_workload_and_replica_lag() {
                 .unwrap();
             let body = scrape_async(port).await;
             metric(&body, "pgrouter_replica_lag_bytes", &[("node", "replica1")]) > 0.0
-                && metric(&body, "pgrouter_replica_lag_seconds", &[("node", "replica1")]) > 0.0
+                && metric(
+                    &body,
+                    "pgrouter_replica_lag_seconds",
+                    &[("node", "replica1")],
+                ) > 0.0
         }
     })
     .await;
