@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cancel;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod listener;
 pub mod pool;
 pub mod prepared;
