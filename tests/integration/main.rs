@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod cancel;
 mod cli;
+mod demo;
 mod drivers;
 mod harness;
 mod pooling;
