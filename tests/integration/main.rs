@@ -8,6 +8,7 @@ mod auth;
 mod cancel;
 mod cli;
 mod demo;
+mod deploy;
 mod drivers;
 mod harness;
 mod pooling;
