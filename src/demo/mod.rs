@@ -106,7 +106,7 @@ impl Demo {
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        print!("{}", self.banner(replica_reads));
+        say(&self.banner(replica_reads));
     }
 
     /// Whether a read through pgrouter ran on a replica.
@@ -192,12 +192,21 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        println!(
-            "stopping the demo's servers and removing {}",
+        say(&format!(
+            "stopping the demo's servers and removing {}\n",
             self.cluster.dir.display()
-        );
+        ));
         self.cluster.stop();
     }
+}
+
+/// Prints to stdout. Unlike print!, a closed stdout (`pgrouter demo | head`)
+/// is no reason to panic, least of all while the servers are being stopped.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 fn check_listen(listen: &Address) -> Result<(), DemoError> {
