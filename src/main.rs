@@ -27,10 +27,11 @@ struct Cli {
 enum Command {
     /// Validate the configuration file and print every error with its line.
     Check,
-    /// Start a PostgreSQL primary and two streaming replicas from the
-    /// PostgreSQL installed here, in a temporary directory, and run pgrouter
-    /// in front of them. Ctrl-C stops everything and removes the directory.
-    /// (--config is not used.)
+    /// Try pgrouter in front of a local primary and two streaming replicas.
+    ///
+    /// The servers run from the PostgreSQL server programs installed on this
+    /// machine, in a temporary directory. Ctrl-C stops everything and
+    /// removes the directory. --config is not used.
     Demo {
         /// Where pgrouter listens; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:6432")]
