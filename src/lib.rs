@@ -20,6 +20,7 @@ pub mod client;
 pub mod clients;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod listener;
 pub mod pool;
 pub mod prepared;

@@ -8,6 +8,8 @@ mod admin;
 mod auth;
 mod cancel;
 mod cli;
+mod demo;
+mod deploy;
 mod drivers;
 mod harness;
 mod lifecycle;
