@@ -61,9 +61,9 @@ const NO_NODE: usize = usize::MAX;
 /// One client's entry.
 pub struct ClientSlot {
     pub peer: SocketAddr,
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub application_name: Arc<str>,
     pub connected_at: SystemTime,
     target: Mutex<Option<CancelTarget>>,
     state: AtomicU8,
@@ -113,9 +113,9 @@ impl ClientSlot {
 /// Who a client is, for its slot.
 pub struct ClientInfo {
     pub peer: SocketAddr,
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub application_name: Arc<str>,
 }
 
 #[derive(Default)]

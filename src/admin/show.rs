@@ -43,7 +43,7 @@ pub struct ClientCounts {
 pub fn client_counts(control: &Control, database: &str, user: &str) -> ClientCounts {
     let mut counts = ClientCounts::default();
     for (_, slot) in control.clients.all() {
-        if slot.database != database || slot.user != user {
+        if *slot.database != *database || *slot.user != *user {
             continue;
         }
         match slot.state() {
@@ -157,7 +157,7 @@ fn servers(control: &Control) -> Answer {
     let shared = control.current();
     let mut rows = Vec::new();
     for (key, slot) in control.clients.all() {
-        if slot.database == ADMIN_DATABASE {
+        if &*slot.database == ADMIN_DATABASE {
             continue;
         }
         if let Some(target) = slot.target() {

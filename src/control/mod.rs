@@ -116,7 +116,7 @@ impl Control {
         tracing::info!(database = database.unwrap_or("(all)"), "pausing");
         loop {
             let busy = self.clients.all().into_iter().any(|(_, slot)| {
-                database.is_none_or(|db| slot.database == db)
+                database.is_none_or(|db| *slot.database == *db)
                     && matches!(slot.state(), ClientState::Active | ClientState::Waiting)
             });
             if !busy {

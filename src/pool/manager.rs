@@ -49,10 +49,12 @@ impl ServerManager {
 }
 
 impl deadpool::managed::Manager for ServerManager {
-    type Type = ServerConn;
+    /// Boxed: a client holding a connection holds deadpool's wrapper, and
+    /// thousands of clients should not each carry a whole `ServerConn`.
+    type Type = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn create(&self) -> Result<ServerConn, ServerError> {
+    async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         let mut result = server::connect(ConnectParams {
             address: &self.address,
             node: self.node.clone(),
@@ -76,12 +78,12 @@ impl deadpool::managed::Manager for ServerManager {
                 "cannot open a server connection"
             ),
         }
-        result
+        result.map(Box::new)
     }
 
     async fn recycle(
         &self,
-        conn: &mut ServerConn,
+        conn: &mut Box<ServerConn>,
         metrics: &Metrics,
     ) -> RecycleResult<ServerError> {
         if !conn.is_reusable() {

@@ -37,7 +37,7 @@ pub async fn login(
             control.clients.cancel(key).await;
             return None;
         }
-        Ok(Ok(Handshake::Ready(identity))) if identity.database == ADMIN_DATABASE => {
+        Ok(Ok(Handshake::Ready(identity))) if &*identity.database == ADMIN_DATABASE => {
             return Some(LoggedIn::Console(stream, identity));
         }
         Ok(Ok(Handshake::Ready(identity))) => {
@@ -77,9 +77,10 @@ enum Handshake {
 
 /// Who a logged-in client is.
 pub struct Identity {
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
+    /// Shared with the client's slot in the registry.
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub application_name: Arc<str>,
     /// The user's `route`, else the database's.
     pub route: Route,
     /// default_transaction_read_only = on, from the startup parameters.
@@ -149,9 +150,9 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
         settings,
         reported,
         read_only_default: read_only_default(&params),
-        user,
-        database,
-        application_name,
+        user: user.into(),
+        database: database.into(),
+        application_name: application_name.into(),
         route,
     }))
 }
@@ -239,7 +240,7 @@ pub async fn send_welcome(
             .map(|(_, v)| v.as_str());
         let value = match (name.as_str(), own) {
             (_, Some(own)) => own,
-            ("application_name", None) => identity.application_name.as_str(),
+            ("application_name", None) => &*identity.application_name,
             _ => value,
         };
         backend::parameter_status(&mut out, name, value);

@@ -78,6 +78,12 @@ pub(super) enum PendingSetting {
     Reset(Option<String>),
 }
 
+enum Wait {
+    Request(Frame),
+    Closing,
+    Idle,
+}
+
 pub(super) struct Request {
     pub decision: Decision,
     pub started: Instant,
@@ -96,6 +102,8 @@ pub(super) enum End {
     ServerFailed(String),
     /// pgrouter is shutting down and the client is between transactions.
     Shutdown,
+    /// The client has sent nothing for a while: it parks (see `serve`).
+    Idle,
 }
 
 impl Session {
@@ -179,11 +187,42 @@ impl Session {
         &self.shared.router
     }
 
-    pub async fn serve(mut self) {
-        let end = self.serve_requests().await;
+    /// Serves the client until it leaves. The busy part is boxed: it is
+    /// several kilobytes of state (checkout, connect, relay), which an idle
+    /// client does not hold; it parks in `wait_for_work` with only the
+    /// `Session` itself.
+    pub async fn serve(mut self: Box<Self>) {
+        let end = loop {
+            match Box::pin(self.serve_requests()).await {
+                End::Idle => {
+                    if !self.wait_for_work().await {
+                        break End::Shutdown;
+                    }
+                }
+                end => break end,
+            }
+        };
+        Box::pin(self.finish(end)).await;
+    }
+
+    /// Waits, parked, for the client's next bytes; false when pgrouter is
+    /// shutting down first (and the client is between transactions).
+    async fn wait_for_work(&mut self) -> bool {
+        let between_transactions = self.deferred_begin.is_none();
+        if between_transactions && self.control.shutting_down() {
+            return false;
+        }
+        let slot = self.cancel.slot.clone();
+        tokio::select! {
+            _ = self.stream.readable() => true,
+            () = slot.closing.notified(), if between_transactions => false,
+        }
+    }
+
+    async fn finish(&mut self, end: End) {
         self.cleanup().await;
         match end {
-            End::Terminated | End::Gone => {}
+            End::Terminated | End::Gone | End::Idle => {}
             End::Shutdown => {
                 let message = "terminating connection: pgrouter is shutting down";
                 self.send_error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message)
@@ -214,8 +253,9 @@ impl Session {
             if self.server.is_none() {
                 self.follow_reload();
                 let frame = match self.next_request_unless_closing().await {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => return End::Shutdown,
+                    Ok(Wait::Request(frame)) => frame,
+                    Ok(Wait::Closing) => return End::Shutdown,
+                    Ok(Wait::Idle) => return End::Idle,
                     Err(ClientError::Protocol(error)) => return End::Protocol(error.to_string()),
                     Err(_) => return End::Gone,
                 };
@@ -398,20 +438,32 @@ impl Session {
         self.shared = shared;
     }
 
-    /// The next request, or `None` when pgrouter is shutting down and the
+    /// The next request; `Closing` when pgrouter is shutting down and the
     /// client is between transactions (a deferred BEGIN is a transaction
-    /// to the client: it may still commit it).
-    async fn next_request_unless_closing(&mut self) -> Result<Option<Frame>, ClientError> {
-        if self.deferred_begin.is_some() {
-            return self.next_request().await.map(Some);
+    /// to the client: it may still commit it); `Idle` when the client has
+    /// sent nothing for `IDLE_BUFFER_KEEP`, its buffers given back.
+    async fn next_request_unless_closing(&mut self) -> Result<Wait, ClientError> {
+        let between_transactions = self.deferred_begin.is_none();
+        if between_transactions && self.control.shutting_down() {
+            return Ok(Wait::Closing);
         }
-        if self.control.shutting_down() {
-            return Ok(None);
+        if self.in_buf.is_empty() {
+            let slot = self.cancel.slot.clone();
+            let waited = tokio::select! {
+                waited = tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable()) => waited,
+                () = slot.closing.notified(), if between_transactions => return Ok(Wait::Closing),
+            };
+            if waited.is_err() {
+                self.in_buf = BytesMut::new();
+                self.retry_buf = BytesMut::new();
+                self.server_out = BytesMut::new();
+                return Ok(Wait::Idle);
+            }
         }
         let slot = self.cancel.slot.clone();
         tokio::select! {
-            frame = self.next_request() => frame.map(Some),
-            () = slot.closing.notified() => Ok(None),
+            frame = self.next_request() => frame.map(Wait::Request),
+            () = slot.closing.notified(), if between_transactions => Ok(Wait::Closing),
         }
     }
 
