@@ -4,7 +4,7 @@
 //!     cargo bench --bench load -- [--quick] [--clients 1,10,100,500]
 //!         [--seconds 10] [--rounds 3] [--pool 20] [--scale N]
 //!         [--workloads select-simple,select-extended,select-prepared,tpcb-simple,tpcb-extended,tpcb-prepared]
-//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-baseline]
+//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-1-worker,pgrouter-baseline]
 //!         [--idle 2000]
 //!
 //! Targets run interleaved (A B C, C B A, ...) so that drift hits all alike;
@@ -119,6 +119,7 @@ fn start_targets(cluster: &Cluster, o: &Options) -> Vec<Target> {
             "pgrouter" => out.push(targets::pgrouter(cluster, name, o.pool, None)),
             "pgrouter-routing" => out.push(targets::pgrouter(cluster, name, o.pool, Some("lsn"))),
             "pgrouter-ryw-off" => out.push(targets::pgrouter(cluster, name, o.pool, Some("off"))),
+            "pgrouter-1-worker" => out.push(targets::pgrouter_workers(cluster, name, o.pool, 1)),
             // Another build, e.g. the last commit's, to measure a change.
             "pgrouter-baseline" => match std::env::var("PGROUTER_BASELINE_BIN") {
                 Ok(binary) => out.push(targets::pgrouter_binary(
@@ -157,8 +158,13 @@ fn median(values: &[f64]) -> f64 {
 
 fn main() {
     let o = options();
-    let cluster = Cluster::start(2);
     let max_clients = o.clients.iter().copied().max().unwrap_or(1);
+    // The direct target opens one server connection per client.
+    std::env::set_var(
+        "PGROUTER_PG_MAX_CONNECTIONS",
+        (max_clients + 100).max(300).to_string(),
+    );
+    let cluster = Cluster::start(2);
     let scale = o.scale.unwrap_or(max_clients.max(10));
     eprintln!("initialising pgbench data at scale {scale}...");
     let init = std::process::Command::new("pgbench")

@@ -37,6 +37,35 @@ pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str
     pgrouter_binary(cluster, name, pool, routing, env!("CARGO_BIN_EXE_pgrouter"))
 }
 
+/// `pgrouter` with `workers` runtime threads instead of one per core.
+pub fn pgrouter_workers(cluster: &Cluster, name: &str, pool: usize, workers: usize) -> Target {
+    let config = base_config(cluster, pool)
+        .server(&format!("workers = {workers}"))
+        .routing("read_write_split = false");
+    start(name, env!("CARGO_BIN_EXE_pgrouter"), &config.build())
+}
+
+/// Transaction mode, a pool of `pool` opened before the run.
+fn base_config(cluster: &Cluster, pool: usize) -> RouterConfig {
+    RouterConfig::new(cluster.primary(), "app")
+        .server("max_client_connections = 10000")
+        .pool(&format!("max_connections = {pool}"))
+        .pool(&format!("min_connections = {pool}"))
+        .pool("checkout_timeout = \"60s\"")
+}
+
+fn start(name: &str, binary: &str, config: &str) -> Target {
+    std::env::set_var("PGROUTER_TEST_LOG", "warn,pgrouter::app=info");
+    let router = Pgrouter::try_start_binary(binary, config)
+        .unwrap_or_else(|error| panic!("{name}: {error}"));
+    Target {
+        name: name.into(),
+        url: router.url("app", APP_PASSWORD, "app"),
+        pid: Some(router.pid()),
+        _keep: Keep::Router(router),
+    }
+}
+
 /// `pgrouter` with the binary at `binary` (PGROUTER_BASELINE_BIN).
 pub fn pgrouter_binary(
     cluster: &Cluster,
@@ -45,26 +74,14 @@ pub fn pgrouter_binary(
     routing: Option<&str>,
     binary: &str,
 ) -> Target {
-    let mut config = RouterConfig::new(cluster.primary(), "app")
-        .server("max_client_connections = 10000")
-        .pool(&format!("max_connections = {pool}"))
-        .pool(&format!("min_connections = {pool}"))
-        .pool("checkout_timeout = \"60s\"");
-    config = match routing {
+    let config = base_config(cluster, pool);
+    let config = match routing {
         Some(ryw) => config
             .replicas(cluster.replicas())
             .routing(&format!("read_your_writes = \"{ryw}\"")),
         None => config.routing("read_write_split = false"),
     };
-    std::env::set_var("PGROUTER_TEST_LOG", "warn,pgrouter::app=info");
-    let router = Pgrouter::try_start_binary(binary, &config.build())
-        .unwrap_or_else(|error| panic!("{name}: {error}"));
-    Target {
-        name: name.into(),
-        url: router.url("app", APP_PASSWORD, "app"),
-        pid: Some(router.pid()),
-        _keep: Keep::Router(router),
-    }
+    start(name, binary, &config.build())
 }
 
 pub struct Bouncer {

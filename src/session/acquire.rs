@@ -153,6 +153,12 @@ impl Session {
         };
         self.pools.stats.count_decision(decision.reason);
         self.check_out(first, decision, class).await?;
+        // Nothing for the relay to do about the routed statement: it need
+        // not scan it again (a deferred BEGIN now comes first, though).
+        self.first_checked = self.mode == PoolMode::Transaction
+            && self.server.is_some()
+            && self.swallow == 0
+            && matches!(effect, SessionEffect::None);
         match effect {
             SessionEffect::Pin(reason) if self.server.is_some() => {
                 tracing::debug!(peer = %self.peer, reason, "client pinned to its server connection");
@@ -221,6 +227,7 @@ impl Session {
                         self.in_buf = joined;
                         self.swallow = 1;
                     }
+
                     return Ok(());
                 }
                 Err(error) => {

@@ -101,6 +101,9 @@ pub struct Relay<'a> {
     pub route: Target,
     /// Client bytes the session read before the relay started.
     pub received_before: u64,
+    /// The first message is the Query the session routed, whose effect
+    /// on the session it has already looked at.
+    pub first_checked: bool,
 }
 
 struct Progress {
@@ -369,7 +372,10 @@ impl Relay<'_> {
             let named = matches!(frame.tag, PARSE | BIND | DESCRIBE | CLOSE)
                 && extended::statement_name(&self.client_in[p.framed..p.framed + frame.len])
                     .is_some_and(|name| !name.is_empty());
-            if matches!(frame.tag, frontend::QUERY | PARSE | BIND) {
+            let routed_first = std::mem::take(&mut self.first_checked);
+            if matches!(frame.tag, frontend::QUERY | PARSE | BIND)
+                && !(routed_first && frame.tag == frontend::QUERY)
+            {
                 match self.session_effect(&self.client_in[p.framed..p.framed + frame.len]) {
                     pin::SessionEffect::Pin(_)
                         if self.replayed.is_some()

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -70,6 +70,9 @@ pub struct Session {
     max_prepared: usize,
     /// Bytes read from the client and not yet counted (see `Relay`).
     received: u64,
+    /// The request at the front of `in_buf` was routed and its effect on
+    /// the session looked at: the relay need not look again.
+    pub(super) first_checked: bool,
 }
 
 pub(super) enum PendingSetting {
@@ -180,6 +183,7 @@ impl Session {
             pending_setting: None,
             server_out: BytesMut::new(),
             received: 0,
+            first_checked: false,
         })
     }
 
@@ -295,6 +299,7 @@ impl Session {
                 stats: &self.pools.nodes[request_node].stats,
                 route,
                 received_before: std::mem::take(&mut self.received),
+                first_checked: std::mem::take(&mut self.first_checked),
             }
             .run()
             .await;
@@ -488,10 +493,12 @@ impl Session {
                 None => READ_CHUNK,
             };
             self.in_buf.reserve(want);
-            match self.stream.try_read_buf(&mut self.in_buf) {
+            // read_buf, not try_read_buf: a short read tells tokio the
+            // socket is drained, which saves the relay a read that would
+            // only say WouldBlock (one syscall per transaction).
+            match self.stream.read_buf(&mut self.in_buf).await {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => self.received += n as u64,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(error.into()),
             }
         }

@@ -421,11 +421,16 @@ fn write_primary_config(dir: &Path, data_dir: &Path) {
     let sockets = dir.join("sockets");
     // The port is passed with `pg_ctl -o "-p PORT"` per node, so replicas can
     // share this file (they copy it via pg_basebackup).
+    // The load benchmark's direct runs need one connection per client.
+    let max_connections = std::env::var("PGROUTER_PG_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(300);
     let conf = format!(
         "\n# --- pgrouter integration tests ---\n\
          listen_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{}'\n\
-         max_connections = 300\n\
+         max_connections = {max_connections}\n\
          shared_buffers = 32MB\n\
          fsync = off\n\
          synchronous_commit = off\n\
