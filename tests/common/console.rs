@@ -27,6 +27,25 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
+/// The values of the first row a simple query returns (NULL as "").
+pub async fn first_row(client: &Client, sql: &str) -> Vec<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
 /// The body of http://127.0.0.1:PORT/metrics, or "" while it cannot be
 /// had.
 pub fn scrape(port: u16) -> String {

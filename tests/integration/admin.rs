@@ -15,12 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn setup(prefix: &str) -> (String, Pgrouter) {
     let cluster = Cluster::shared();
-    let db = cluster.create_database(prefix).await;
-    let su = cluster.superuser(cluster.primary(), &db).await;
-    su.batch_execute("CREATE TABLE t (id int primary key); GRANT ALL ON t TO app;")
-        .await
-        .unwrap();
-    cluster.wait_replicas_caught_up().await;
+    let db = crate::lifecycle::database(prefix).await;
     let config = RouterConfig::new(cluster.primary(), &db)
         .replicas(cluster.replicas())
         .admin()

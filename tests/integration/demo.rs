@@ -6,6 +6,7 @@
 //! known place.
 
 use crate::common::cluster::LIBPQ_ENV;
+use crate::common::console::first_row;
 use crate::common::{connect_str, eventually};
 use crate::routing::first_value;
 use std::collections::HashMap;
@@ -248,25 +249,6 @@ fn node_ports(stdout: &str, dir: &Path) -> HashMap<String, u16> {
         .collect()
 }
 
-/// The columns of the first row a simple query returns.
-async fn row(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_splits_reads_and_writes_and_cleans_up_on_ctrl_c() {
     let mut demo = DemoRun::spawn(&["demo", "--listen", "127.0.0.1:0"], &[]);
@@ -307,7 +289,7 @@ async fn demo_splits_reads_and_writes_and_cleans_up_on_ctrl_c() {
         .batch_execute("CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text)")
         .await
         .expect("CREATE TABLE through the demo");
-    let written = row(
+    let written = first_row(
         &client,
         "INSERT INTO demo (note) VALUES ('hello') RETURNING inet_server_port(), pg_is_in_recovery()",
     )

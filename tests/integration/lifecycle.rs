@@ -14,7 +14,9 @@ use tokio_postgres::error::SqlState;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn database(prefix: &str) -> String {
+/// A new database on the shared cluster with an empty table `t`, replayed
+/// by the replicas.
+pub async fn database(prefix: &str) -> String {
     let cluster = Cluster::shared();
     let db = cluster.create_database(prefix).await;
     let su = cluster.superuser(cluster.primary(), &db).await;

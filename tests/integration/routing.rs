@@ -4,21 +4,13 @@
 use crate::common::cluster::APP_PASSWORD;
 use crate::common::{Cluster, Pgrouter, RouterConfig};
 use std::collections::HashMap;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 /// The first column of the first row a simple query returns.
 pub async fn first_value(client: &Client, sql: &str) -> String {
-    let messages = client
-        .simple_query(sql)
+    crate::common::console::first_row(client, sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+        .swap_remove(0)
 }
 
 /// The port of the node that served `sql` (its first column must be
