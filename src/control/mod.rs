@@ -115,6 +115,14 @@ impl Control {
         }
         tracing::info!(database = database.unwrap_or("(all)"), "pausing");
         loop {
+            // A RESUME from another console ends the wait too.
+            let still_paused = {
+                let paused = self.pause.lock();
+                database.map_or(paused.all, |db| paused.holds(db))
+            };
+            if !still_paused {
+                return;
+            }
             let busy = self.clients.all().into_iter().any(|(_, slot)| {
                 database.is_none_or(|db| *slot.database == *db)
                     && matches!(slot.state(), ClientState::Active | ClientState::Waiting)
