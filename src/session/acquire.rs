@@ -194,7 +194,9 @@ impl Session {
             let pool = self.pools.nodes[decision.node].clone();
             let asked = Instant::now();
             let checked_out = pool.checkout().await;
-            self.pools.stats.record_wait(asked.elapsed());
+            // Also when the request starts, for balancing by response time.
+            let started = Instant::now();
+            self.pools.stats.record_wait(started - asked);
             match checked_out {
                 Ok(mut server) => {
                     if let Err(error) = apply_settings(&mut server, self.settings.query()).await {
@@ -210,7 +212,7 @@ impl Session {
                     slot.set_state(ClientState::Active);
                     let server_errors = server.state.errors();
                     self.server = Some(server);
-                    let started = self.router().started(decision.node);
+                    self.router().started(decision.node);
                     let guarded = decision.retryable && !self.retrying;
                     self.retrying = false;
                     self.retry_buf.clear();

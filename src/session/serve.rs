@@ -216,10 +216,10 @@ impl Session {
         if between_transactions && self.control.shutting_down() {
             return false;
         }
-        let slot = self.cancel.slot.clone();
+        let closing = &self.cancel.slot.closing;
         tokio::select! {
             _ = self.stream.readable() => true,
-            () = slot.closing.notified(), if between_transactions => false,
+            () = closing.notified(), if between_transactions => false,
         }
     }
 
@@ -453,10 +453,10 @@ impl Session {
             return Ok(Wait::Closing);
         }
         if self.in_buf.is_empty() {
-            let slot = self.cancel.slot.clone();
+            let closing = &self.cancel.slot.closing;
             let waited = tokio::select! {
                 waited = tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable()) => waited,
-                () = slot.closing.notified(), if between_transactions => return Ok(Wait::Closing),
+                () = closing.notified(), if between_transactions => return Ok(Wait::Closing),
             };
             if waited.is_err() {
                 self.in_buf = BytesMut::new();
@@ -465,11 +465,8 @@ impl Session {
                 return Ok(Wait::Idle);
             }
         }
-        let slot = self.cancel.slot.clone();
-        tokio::select! {
-            frame = self.next_request() => frame.map(Wait::Request),
-            () = slot.closing.notified(), if between_transactions => Ok(Wait::Closing),
-        }
+        // The request has begun to arrive: it is read whole, shutdown or not.
+        self.next_request().await.map(Wait::Request)
     }
 
     /// Waits for the client's next whole message while it holds no server

@@ -3,25 +3,33 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 /// The rows of a simple query, each as column name -> text value (NULL
 /// as "").
 pub async fn rows(client: &Client, sql: &str) -> Vec<HashMap<String, String>> {
+    simple_rows(client, sql)
+        .await
+        .iter()
+        .map(|row| {
+            row.columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name().to_owned(), row.get(i).unwrap_or("").to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+async fn simple_rows(client: &Client, sql: &str) -> Vec<SimpleQueryRow> {
     let messages = client
         .simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     messages
-        .iter()
+        .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                row.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), row.get(i).unwrap_or("").to_owned()))
-                    .collect(),
-            ),
+            SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         })
         .collect()
@@ -29,21 +37,11 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<HashMap<String, String>> {
 
 /// The values of the first row a simple query returns (NULL as "").
 pub async fn first_row(client: &Client, sql: &str) -> Vec<String> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+    let rows = simple_rows(client, sql).await;
+    let row = rows.first().unwrap_or_else(|| panic!("{sql}: no row"));
+    (0..row.len())
+        .map(|i| row.get(i).unwrap_or("").to_owned())
+        .collect()
 }
 
 /// The body of http://127.0.0.1:PORT/metrics, or "" while it cannot be
