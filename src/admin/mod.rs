@@ -152,6 +152,16 @@ pub async fn serve(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "the admin console speaks the simple query protocol only",
             ),
+            frontend::FUNCTION_CALL => {
+                backend::error_response(
+                    &mut out,
+                    Severity::Error,
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the admin console has no functions to call",
+                );
+                backend::ready_for_query(&mut out, STATUS_IDLE);
+            }
+            // The rest of a refused batch, or stray COPY data: skipped.
             _ => {}
         }
         if !out.is_empty() && stream.write_all(&out).await.is_err() {

@@ -86,6 +86,13 @@ async fn console_shows_pools_clients_servers_nodes_stats_config_and_version() {
     assert!(
         unknown.to_string().contains("SHOW HELP") || format!("{unknown:?}").contains("SHOW HELP")
     );
+    // The extended protocol is refused, and the console stays usable.
+    let extended = console.query("SHOW NODES", &[]).await.unwrap_err();
+    assert_eq!(
+        extended.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{extended:?}"
+    );
     let explained = rows(&console, "EXPLAIN ROUTE DELETE FROM t").await;
     assert_eq!(explained[0]["route"], "primary");
 
