@@ -17,6 +17,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Runs pgrouter until a signal or the console's SHUTDOWN stops it.
 /// `config_path` is where SIGHUP and RELOAD re-read the configuration.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> std::io::Result<()> {
+    let metrics = config.server.metrics_listen.is_some();
     if let Some(address) = &config.server.metrics_listen {
         export::install(address).map_err(std::io::Error::other)?;
     }
@@ -24,7 +25,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> std::io::Resul
     let control = Arc::new(Control::new(config, config_path));
     let shared = control.current();
     shared.start(true).await;
-    tokio::spawn(export::publish(control.clone()));
+    if metrics {
+        tokio::spawn(export::publish(control.clone()));
+    }
 
     let address = &shared.config.server.listen;
     let listener = TcpListener::bind((address.host.as_str(), address.port)).await?;
