@@ -143,6 +143,19 @@ pub fn parse_complete(buf: &mut BytesMut) {
     message(buf, b'1', |_| {});
 }
 
+pub fn bind_complete(buf: &mut BytesMut) {
+    message(buf, b'2', |_| {});
+}
+
+pub fn close_complete(buf: &mut BytesMut) {
+    message(buf, b'3', |_| {});
+}
+
+/// A ParameterDescription of a statement without parameters.
+pub fn no_parameters(buf: &mut BytesMut) {
+    message(buf, b't', |buf| buf.put_i16(0));
+}
+
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     message(buf, b'C', |buf| put_cstr(buf, tag));
 }

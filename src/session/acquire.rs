@@ -47,6 +47,9 @@ impl Session {
                 }
             }
         }
+        if first.tag == frontend::PARSE && self.explain_batch(first).await? {
+            return Ok(());
+        }
         if first.tag == frontend::PARSE && self.prepare_locally(first).await? {
             return Ok(());
         }

@@ -204,6 +204,18 @@ def prepared_queries_async():
 
 
 @check
+def explain_route():
+    """EXPLAIN ROUTE through psycopg's extended protocol (unnamed
+    statement): pgrouter answers it, the statement does not run."""
+    with connect(autocommit=True) as conn:
+        cur = conn.execute("EXPLAIN ROUTE INSERT INTO no_such_table VALUES (1)", prepare=False)
+        eq([c.name for c in cur.description], ["node", "route", "reason", "detail"], "explain columns")
+        row = cur.fetchone()
+        eq(row[1], "primary", "an INSERT is routed to the primary")
+        eq(cur.fetchone(), None, "one row")
+
+
+@check
 def prepared_statement_cache_rotation():
     """prepare_threshold=0 and 130 distinct queries, twice: psycopg closes
     the statements evicted from its 100-entry cache."""

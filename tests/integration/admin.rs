@@ -214,6 +214,20 @@ async fn explain_route_answers_without_running_the_statement() {
     assert_eq!(hinted[0]["reason"], "hint");
     assert_eq!(hinted[0]["route"], "primary");
 
+    // The extended protocol on the unnamed statement (one batch).
+    let typed = client
+        .query_typed("EXPLAIN ROUTE DELETE FROM t", &[])
+        .await
+        .unwrap();
+    assert_eq!(typed.len(), 1);
+    assert_eq!(typed[0].get::<_, &str>("reason"), "write");
+    assert_eq!(typed[0].get::<_, &str>("route"), "primary");
+    assert_eq!(
+        first_value(&su, "SELECT count(*) FROM t").await,
+        "0",
+        "not run"
+    );
+
     // Inside a transaction pgrouter has not yet sent anywhere (a plain
     // BEGIN waits for its first statement), a read-write one is explained.
     client.simple_query("BEGIN").await.unwrap();
