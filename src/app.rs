@@ -28,6 +28,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> std::io::Resul
     if metrics {
         tokio::spawn(export::publish(control.clone()));
     }
+    tokio::spawn(sweep_idle_clients(Arc::downgrade(&control.clients)));
 
     let address = &shared.config.server.listen;
     let listener = TcpListener::bind((address.host.as_str(), address.port)).await?;
@@ -99,5 +100,19 @@ async fn drain(control: &Control, timeout: Duration, interrupt: &mut tokio::sign
 fn close_servers(control: &Control) {
     for pool in control.current().pools.all() {
         pool.close_idle();
+    }
+}
+
+/// Asks clients idle for a while to give back their buffers, until the
+/// registry is gone.
+async fn sweep_idle_clients(clients: std::sync::Weak<crate::clients::ClientRegistry>) {
+    let mut ticks = tokio::time::interval(crate::clients::SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match clients.upgrade() {
+            Some(clients) => clients.sweep(),
+            None => return,
+        }
     }
 }

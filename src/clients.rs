@@ -8,17 +8,18 @@
 //! to that connection's node, and dropped when the client holds none.
 
 use crate::server::CancelTarget;
+use atomic_waker::AtomicWaker;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::RngExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Context;
 use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 /// The key pgrouter gives a client: (process id, secret key).
 pub type ClientKey = (i32, i32);
@@ -58,6 +59,28 @@ impl ClientState {
 
 const NO_NODE: usize = usize::MAX;
 
+/// How often idle clients are swept (see `ClientRegistry::sweep`): an
+/// idle client keeps its buffers for one to one and a half seconds, so
+/// busy clients reuse them and thousands of idle ones hold almost nothing.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the registry asks of a client's task, which it sees whenever it
+/// waits for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    None,
+    /// The client has been idle for a sweep round or more: give back the
+    /// buffers. The task leaves the request in place while it stays
+    /// parked, so that later sweeps do not wake it again.
+    Park,
+    /// pgrouter is shutting down: leave when between transactions.
+    Close,
+}
+
+const ATTENTION_NONE: u8 = 0;
+const ATTENTION_PARK: u8 = 1;
+const ATTENTION_CLOSE: u8 = 2;
+
 /// One client's entry.
 pub struct ClientSlot {
     pub peer: SocketAddr,
@@ -70,8 +93,13 @@ pub struct ClientSlot {
     /// The node of the held server connection.
     node: AtomicUsize,
     pinned: Mutex<Option<&'static str>>,
-    /// Told once, at shutdown: leave when idle.
-    pub closing: Notify,
+    /// See `Attention`. A flag and a waker rather than a Notify and a
+    /// timer: the task checks them on every request, for an atomic load
+    /// and a waker comparison.
+    attention: AtomicU8,
+    waker: AtomicWaker,
+    /// The sweep round in which the client's task last began to wait.
+    waiting_since: AtomicU32,
 }
 
 impl ClientSlot {
@@ -105,6 +133,55 @@ impl ClientSlot {
         *self.pinned.lock() = Some(reason);
     }
 
+    /// What the registry asks; `cx`'s task is woken when that changes.
+    pub fn poll_attention(&self, cx: &Context<'_>) -> Attention {
+        self.waker.register(cx.waker());
+        match self.attention.load(Ordering::Acquire) {
+            ATTENTION_PARK => Attention::Park,
+            ATTENTION_CLOSE => Attention::Close,
+            _ => Attention::None,
+        }
+    }
+
+    /// Resolves once pgrouter asks the client to leave.
+    pub async fn closing(&self) {
+        std::future::poll_fn(|cx| match self.poll_attention(cx) {
+            Attention::Close => std::task::Poll::Ready(()),
+            _ => std::task::Poll::Pending,
+        })
+        .await
+    }
+
+    /// The client's task begins to wait for its client in `round`.
+    pub fn begin_wait(&self, round: u32) {
+        self.waiting_since.store(round, Ordering::Relaxed);
+    }
+
+    /// The client's task is back at work after parking.
+    pub fn unpark(&self) {
+        let _ = self.attention.compare_exchange(
+            ATTENTION_PARK,
+            ATTENTION_NONE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn ask(&self, from: u8, to: u8) {
+        if self
+            .attention
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.attention.store(ATTENTION_CLOSE, Ordering::Release);
+        self.waker.wake();
+    }
+
     pub fn pinned(&self) -> Option<&'static str> {
         *self.pinned.lock()
     }
@@ -121,6 +198,8 @@ pub struct ClientInfo {
 #[derive(Default)]
 pub struct ClientRegistry {
     slots: Mutex<HashMap<ClientKey, Arc<ClientSlot>>>,
+    /// See `sweep`.
+    round: AtomicU32,
 }
 
 /// A client's registration; unregisters when dropped.
@@ -148,7 +227,9 @@ impl ClientRegistry {
             state: AtomicU8::new(ClientState::Idle as u8),
             node: AtomicUsize::new(NO_NODE),
             pinned: Mutex::new(None),
-            closing: Notify::new(),
+            attention: AtomicU8::new(ATTENTION_NONE),
+            waker: AtomicWaker::new(),
+            waiting_since: AtomicU32::new(self.round.load(Ordering::Relaxed)),
         });
         let mut rng = rand::rng();
         let mut slots = self.slots.lock();
@@ -190,7 +271,25 @@ impl ClientRegistry {
     /// Tells every client to leave once it is between transactions.
     pub fn close_all(&self) {
         for slot in self.slots.lock().values() {
-            slot.closing.notify_one();
+            slot.close();
+        }
+    }
+
+    /// The current sweep round.
+    pub fn round(&self) -> u32 {
+        self.round.load(Ordering::Relaxed)
+    }
+
+    /// Starts the next sweep round: a client whose task has been waiting
+    /// for it, with no server connection, since two rounds ago is asked
+    /// to park. Called every `SWEEP_EVERY` from one task.
+    pub fn sweep(&self) {
+        let round = self.round.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        for slot in self.slots.lock().values() {
+            let since = slot.waiting_since.load(Ordering::Relaxed);
+            if round.wrapping_sub(since) >= 2 && slot.state() == ClientState::Idle {
+                slot.ask(ATTENTION_NONE, ATTENTION_PARK);
+            }
         }
     }
 
@@ -225,5 +324,61 @@ impl ClientRegistry {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn register(registry: &Arc<ClientRegistry>) -> Registration {
+        registry.register(ClientInfo {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            user: "app".into(),
+            database: "app".into(),
+            application_name: "".into(),
+        })
+    }
+
+    fn attention(slot: &ClientSlot) -> Attention {
+        slot.poll_attention(&Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_client_waiting_for_two_sweeps_is_asked_to_park_once() {
+        let registry = Arc::new(ClientRegistry::default());
+        let quiet = register(&registry);
+        let busy = register(&registry);
+        let serving = register(&registry);
+        serving.slot.set_state(ClientState::Active);
+        registry.sweep();
+        assert_eq!(attention(&quiet.slot), Attention::None);
+        busy.slot.begin_wait(registry.round());
+        registry.sweep();
+        assert_eq!(attention(&quiet.slot), Attention::Park);
+        assert_eq!(attention(&busy.slot), Attention::None);
+        assert_eq!(attention(&serving.slot), Attention::None);
+        // Back at work: not asked again until it has waited two rounds.
+        quiet.slot.begin_wait(registry.round());
+        quiet.slot.unpark();
+        registry.sweep();
+        assert_eq!(attention(&quiet.slot), Attention::None);
+        registry.sweep();
+        assert_eq!(attention(&quiet.slot), Attention::Park);
+    }
+
+    #[test]
+    fn close_wins_over_park_and_stays() {
+        let registry = Arc::new(ClientRegistry::default());
+        let client = register(&registry);
+        registry.sweep();
+        registry.sweep();
+        assert_eq!(attention(&client.slot), Attention::Park);
+        registry.close_all();
+        client.slot.unpark();
+        registry.sweep();
+        registry.sweep();
+        assert_eq!(attention(&client.slot), Attention::Close);
     }
 }

@@ -103,14 +103,22 @@ fn init_logging(format: LogFormat) {
 /// until it ends (pgrouter does not wait for it, nor stop when it ends).
 /// `config_path` is where SIGHUP and RELOAD read the configuration again.
 fn serve(config: Config, config_path: PathBuf, beside: impl Future<Output = ()>) -> ExitCode {
-    let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
+    // One thread by default: tokio's current-thread scheduler hands no
+    // task between threads, which costs less CPU per transaction than
+    // any number of work-stealing threads on a machine that Postgres
+    // shares (docs/BENCHMARKS.md).
+    let runtime = match config.server.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(match workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            })
+            .enable_all()
+            .build(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(async {
             let pgrouter = pgrouter::app::run(config, Some(config_path));

@@ -4,7 +4,7 @@
 //!     cargo bench --bench load -- [--quick] [--clients 1,10,100,500]
 //!         [--seconds 10] [--rounds 3] [--pool 20] [--scale N]
 //!         [--workloads select-simple,select-extended,select-prepared,tpcb-simple,tpcb-extended,tpcb-prepared]
-//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-1-worker,pgrouter-baseline]
+//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline]
 //!         [--idle 2000]
 //!
 //! Targets run interleaved (A B C, C B A, ...) so that drift hits all alike;
@@ -119,7 +119,7 @@ fn start_targets(cluster: &Cluster, o: &Options) -> Vec<Target> {
             "pgrouter" => out.push(targets::pgrouter(cluster, name, o.pool, None)),
             "pgrouter-routing" => out.push(targets::pgrouter(cluster, name, o.pool, Some("lsn"))),
             "pgrouter-ryw-off" => out.push(targets::pgrouter(cluster, name, o.pool, Some("off"))),
-            "pgrouter-1-worker" => out.push(targets::pgrouter_workers(cluster, name, o.pool, 1)),
+            "pgrouter-multi" => out.push(targets::pgrouter_workers(cluster, name, o.pool, 0)),
             // Another build, e.g. the last commit's, to measure a change.
             "pgrouter-baseline" => match std::env::var("PGROUTER_BASELINE_BIN") {
                 Ok(binary) => out.push(targets::pgrouter_binary(

@@ -37,7 +37,8 @@ pub fn pgrouter(cluster: &Cluster, name: &str, pool: usize, routing: Option<&str
     pgrouter_binary(cluster, name, pool, routing, env!("CARGO_BIN_EXE_pgrouter"))
 }
 
-/// `pgrouter` with `workers` runtime threads instead of one per core.
+/// `pgrouter` with `workers` runtime threads (0: work-stealing, one per
+/// core) instead of the default single thread.
 pub fn pgrouter_workers(cluster: &Cluster, name: &str, pool: usize, workers: usize) -> Target {
     let config = base_config(cluster, pool)
         .server(&format!("workers = {workers}"))

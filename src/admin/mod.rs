@@ -100,14 +100,14 @@ pub async fn serve(
     }
     tracing::info!(%peer, user = %identity.user, "admin console connected");
     let mut in_buf = BytesMut::new();
-    let closing = &registration.slot.closing;
+    let slot = &registration.slot;
     loop {
         let frame = match frontend::frame(&in_buf, MAX_COMMAND) {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 let read = tokio::select! {
                     read = stream.read_buf(&mut in_buf) => read,
-                    () = closing.notified() => break,
+                    () = slot.closing() => break,
                 };
                 match read {
                     Ok(0) | Err(_) => break,

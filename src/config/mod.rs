@@ -72,7 +72,7 @@ impl Default for ServerConfig {
                 port: 6432,
             },
             max_client_connections: Spanned::new(0..0, 5000),
-            workers: 0,
+            workers: 1,
             client_login_timeout: Duration(std::time::Duration::from_secs(60)),
             max_message_size: Spanned::new(0..0, ByteSize(64 << 20)),
             metrics_listen: None,

@@ -44,7 +44,10 @@ impl ServerManager {
     /// Whether an idle connection has outlived `server_lifetime` or
     /// `server_idle_timeout`.
     pub fn expired(&self, conn: &ServerConn, metrics: &Metrics) -> bool {
-        metrics.age() >= self.lifetime || conn.idle_since.elapsed() >= self.idle_timeout
+        // One clock read for both: this runs on every checkout.
+        let now = std::time::Instant::now();
+        now.saturating_duration_since(metrics.created) >= self.lifetime
+            || now.saturating_duration_since(conn.idle_since.into_std()) >= self.idle_timeout
     }
 }
 

@@ -13,7 +13,7 @@ pub use manager::{ServerManager, ServerParams};
 use crate::config::{Config, NodeConfig, PoolSettings};
 use crate::server::ServerError;
 use crate::stats::{PoolStats, SetStats, Stats};
-use deadpool::managed::{Object, PoolError, QueueMode, Timeouts};
+use deadpool::managed::{Object, PoolError, QueueMode, TimeoutType, Timeouts};
 use deadpool::Runtime;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,15 +117,39 @@ impl Pool {
     /// A server connection for one transaction or session, waiting in FIFO
     /// order up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
+        self.checkout_timed().await.0
+    }
+
+    /// `checkout`, and how long it waited for a connection to come free.
+    pub async fn checkout_timed(&self) -> (Result<PooledServer, CheckoutError>, Duration) {
+        // Most checkouts find a free connection: they read no clock and
+        // arm no timer.
+        match self.get(Duration::ZERO).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+            got => {
+                return (
+                    got.map_err(|error| self.checkout_error(error)),
+                    Duration::ZERO,
+                )
+            }
+        }
+        let asked = Instant::now();
+        let got = self.get(self.settings.checkout_timeout).await;
+        (
+            got.map_err(|error| self.checkout_error(error)),
+            asked.elapsed(),
+        )
+    }
+
+    /// Deadpool's checkout; a zero `wait` gives up at once when none is
+    /// free.
+    async fn get(&self, wait: Duration) -> Result<PooledServer, PoolError<ServerError>> {
         let timeouts = Timeouts {
-            wait: Some(self.settings.checkout_timeout),
+            wait: Some(wait),
             create: Some(self.settings.server_connect_timeout),
             recycle: None,
         };
-        self.inner
-            .timeout_get(&timeouts)
-            .await
-            .map_err(|error| self.checkout_error(error))
+        self.inner.timeout_get(&timeouts).await
     }
 
     pub fn retire(&self) {
@@ -152,13 +176,7 @@ impl Pool {
 
     /// Like `checkout`, but gives up at once when none is free.
     pub(crate) async fn try_checkout(&self) -> Result<PooledServer, CheckoutError> {
-        let timeouts = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: Some(self.settings.server_connect_timeout),
-            recycle: None,
-        };
-        self.inner
-            .timeout_get(&timeouts)
+        self.get(Duration::ZERO)
             .await
             .map_err(|error| self.checkout_error(error))
     }

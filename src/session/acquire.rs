@@ -19,27 +19,27 @@ use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// See `Session::look_at`.
+struct Look {
+    explain: bool,
+    class: Option<Arc<Classification>>,
+    effect: SessionEffect,
+    pending_setting: Option<PendingSetting>,
+}
+
 impl Session {
     /// Routes the request that starts with `first` and checks out a server
     /// connection for it, or answers it without one.
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
-        if first.tag == frontend::QUERY && self.explain_locally(first).await? {
+        let Look {
+            explain,
+            class,
+            mut effect,
+            pending_setting,
+        } = self.look_at(first);
+        if explain && first.tag == frontend::QUERY && self.explain_locally(first).await? {
             return Ok(());
         }
-        // Without a split nothing depends on the SQL: it is not even looked at.
-        let sql = match self.router().splits() {
-            true => frontend::query_text(&self.in_buf[..first.len]),
-            false => None,
-        };
-        let class = match sql {
-            Some(sql) => Some(self.router().classify(sql)),
-            // A Bind or Describe of a named statement: its class was made
-            // when the client parsed it.
-            None if self.router().splits() => extended::statement_name(&self.in_buf[..first.len])
-                .and_then(|name| self.statements.get(name))
-                .and_then(|statement| statement.class.clone()),
-            None => None,
-        };
         if first.tag == frontend::QUERY {
             if let Some(class) = &class {
                 if self.answer_locally(first, class).await? {
@@ -47,55 +47,25 @@ impl Session {
                 }
             }
         }
-        if first.tag == frontend::PARSE && self.explain_batch(first).await? {
-            return Ok(());
-        }
-        if first.tag == frontend::PARSE && self.prepare_locally(first).await? {
-            return Ok(());
-        }
-        let mut effect = SessionEffect::None;
-        if self.mode == PoolMode::Transaction {
-            let message = &self.in_buf[..first.len];
-            if let Some(sql) = frontend::query_text(message) {
-                if pin::may_change_session(sql) {
-                    let class = match &class {
-                        Some(class) => class.clone(),
-                        None => self.router().classify(sql),
-                    };
-                    effect = pin::effect(&class, Some(sql));
-                }
-            } else if let Some(statement) =
-                extended::statement_name(message).and_then(|name| self.statements.get(name))
-            {
-                // A Bind of a named statement does what its text says.
-                if let Some(class) = &statement.class {
-                    effect = pin::effect(class, None);
-                }
+        if first.tag == frontend::PARSE {
+            if explain && self.explain_batch(first).await? {
+                return Ok(());
+            }
+            let named = self
+                .in_buf
+                .get(crate::protocol::HEADER_LEN)
+                .is_some_and(|&b| b != 0);
+            if named && self.prepare_locally(first).await? {
+                return Ok(());
             }
         }
-        // A plain SET or RESET sent alone outside a transaction is replayed
-        // on later connections instead of pinning.
-        self.pending_setting = None;
-        if first.tag == frontend::QUERY
-            && self.deferred_begin.is_none()
-            && self.mode == PoolMode::Transaction
+        self.pending_setting = pending_setting;
+        if self
+            .pending_setting
+            .as_ref()
+            .is_some_and(|p| matches!(p, PendingSetting::Set(..)))
         {
-            let sql = frontend::query_text(&self.in_buf[..first.len]).unwrap_or("");
-            let single = class.as_ref().is_none_or(|c| c.statements == 1);
-            match effect {
-                SessionEffect::Pin(_) if single => {
-                    if let Some(name) = settings::set_parameter(sql) {
-                        self.pending_setting = Some(PendingSetting::Set(name, sql.to_owned()));
-                        effect = SessionEffect::None;
-                    }
-                }
-                SessionEffect::Reset if single => {
-                    if let Some(name) = settings::reset_parameter(sql) {
-                        self.pending_setting = Some(PendingSetting::Reset(name));
-                    }
-                }
-                _ => {}
-            }
+            effect = SessionEffect::None;
         }
         match effect {
             SessionEffect::Pin(reason)
@@ -178,6 +148,73 @@ impl Session {
         Ok(())
     }
 
+    /// What the request's first message says, from one reading of its
+    /// SQL text: whether it is an EXPLAIN ROUTE, its class when routing
+    /// needs it, and what it does to the session.
+    fn look_at(&self, first: Frame) -> Look {
+        let message = &self.in_buf[..first.len];
+        let sql = frontend::query_text(message);
+        if sql.and_then(super::explain::explained).is_some() {
+            return Look {
+                explain: true,
+                class: None,
+                effect: SessionEffect::None,
+                pending_setting: None,
+            };
+        }
+        // A Bind, Describe or Close of a named statement: its class was
+        // made when the client parsed it.
+        let named = match sql {
+            Some(_) => None,
+            None => extended::statement_name(message).and_then(|name| self.statements.get(name)),
+        };
+        let splits = self.router().splits();
+        let class = match sql {
+            // Without a split nothing depends on the SQL: it is not even
+            // classified, unless it may change the session.
+            Some(sql) if splits => Some(self.router().classify(sql)),
+            Some(_) => None,
+            None if splits => named.and_then(|statement| statement.class.clone()),
+            None => None,
+        };
+        let mut look = Look {
+            explain: false,
+            class,
+            effect: SessionEffect::None,
+            pending_setting: None,
+        };
+        if self.mode != PoolMode::Transaction {
+            return look;
+        }
+        look.effect = match (sql, &look.class) {
+            (Some(sql), Some(class)) => pin::effect(class, Some(sql)),
+            (Some(sql), None) if pin::may_change_session(sql) => {
+                pin::effect(&self.router().classify(sql), Some(sql))
+            }
+            (Some(_), None) => SessionEffect::None,
+            // A Bind of a named statement does what its text says.
+            (None, _) => match named.and_then(|statement| statement.class.as_deref()) {
+                Some(class) => pin::effect(class, None),
+                None => SessionEffect::None,
+            },
+        };
+        // A plain SET or RESET sent alone outside a transaction is
+        // replayed on later connections instead of pinning.
+        if first.tag == frontend::QUERY && self.deferred_begin.is_none() {
+            let sql = sql.unwrap_or("");
+            let single = look.class.as_ref().is_none_or(|c| c.statements == 1);
+            look.pending_setting = match look.effect {
+                SessionEffect::Pin(_) if single => settings::set_parameter(sql)
+                    .map(|name| PendingSetting::Set(name, sql.to_owned())),
+                SessionEffect::Reset if single => {
+                    settings::reset_parameter(sql).map(PendingSetting::Reset)
+                }
+                _ => None,
+            };
+        }
+        look
+    }
+
     async fn check_out(
         &mut self,
         first: Frame,
@@ -195,11 +232,10 @@ impl Session {
         loop {
             attempts += 1;
             let pool = self.pools.nodes[decision.node].clone();
-            let asked = Instant::now();
-            let checked_out = pool.checkout().await;
+            let (checked_out, waited) = pool.checkout_timed().await;
             // Also when the request starts, for balancing by response time.
             let started = Instant::now();
-            self.pools.stats.record_wait(started - asked);
+            self.pools.stats.record_wait(waited);
             match checked_out {
                 Ok(mut server) => {
                     if let Err(error) = apply_settings(&mut server, self.settings.query()).await {
@@ -224,6 +260,7 @@ impl Session {
                         started,
                         guarded,
                         errors_before: server_errors,
+                        unrelayed: Some(started),
                     });
                     if let Some(begin) = self.deferred_begin.take() {
                         let mut joined = BytesMut::with_capacity(begin.len() + self.in_buf.len());

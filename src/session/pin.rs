@@ -73,11 +73,25 @@ pub fn may_change_session(sql: &str) -> bool {
     }
     if first.eq_ignore_ascii_case("select") || first.eq_ignore_ascii_case("with") {
         // Only function calls and SELECT INTO TEMP reach session state.
-        return contains_ignore_case(sql, "advisory")
-            || contains_ignore_case(sql, "set_config")
-            || contains_ignore_case(sql, "into");
+        return contains_any_ignore_case(sql, &["advisory", "set_config", "into"]);
     }
     true
+}
+
+/// One pass over `haystack` for any of `needles` (lower case): this runs
+/// on every SELECT when routing is off.
+fn contains_any_ignore_case(haystack: &str, needles: &[&str]) -> bool {
+    let bytes = haystack.as_bytes();
+    bytes.iter().enumerate().any(|(at, byte)| {
+        let byte = byte.to_ascii_lowercase();
+        needles.iter().any(|needle| {
+            let needle = needle.as_bytes();
+            needle[0] == byte
+                && bytes
+                    .get(at..at + needle.len())
+                    .is_some_and(|word| word.eq_ignore_ascii_case(needle))
+        })
+    })
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {

@@ -104,6 +104,9 @@ pub struct Relay<'a> {
     /// The first message is the Query the session routed, whose effect
     /// on the session it has already looked at.
     pub first_checked: bool,
+    /// When the request began, if this is its first relay: the time its
+    /// first query goes out, near enough.
+    pub started: Option<Instant>,
 }
 
 struct Progress {
@@ -359,7 +362,7 @@ impl Relay<'_> {
                 return Ok(());
             };
             if p.query_since.is_none() && self.server.state.at_rest() {
-                let now = Instant::now();
+                let now = self.started.take().unwrap_or_else(Instant::now);
                 p.query_since = Some(now);
                 if self.server.state.transaction_status() == STATUS_IDLE {
                     p.transaction_since = Some(now);

@@ -7,7 +7,7 @@ use super::login::{checkout_sqlstate, send_welcome, Identity};
 use super::relay::{Relay, RelayEnd};
 use super::settings::SessionSettings;
 use crate::client::ClientError;
-use crate::clients::{ClientInfo, ClientState, Registration};
+use crate::clients::{Attention, ClientInfo, ClientState, Registration};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::control::{Control, Shared};
 use crate::pool::{Pool, PoolSet, PooledServer};
@@ -19,14 +19,12 @@ use crate::server::{prepared, reset, ServerError};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// How long an idle client keeps its read buffer before giving it back:
-/// busy clients reuse it, and thousands of idle ones hold almost nothing.
-const IDLE_BUFFER_KEEP: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 8 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +79,13 @@ pub(super) enum PendingSetting {
     Reset(Option<String>),
 }
 
+/// Why `wait_for_client` returned.
+enum Woken {
+    Readable,
+    Park,
+    Close,
+}
+
 enum Wait {
     Request(Frame),
     Closing,
@@ -95,6 +100,9 @@ pub(super) struct Request {
     /// Replies are held until judged, so that the request can run
     /// elsewhere (see `Relay::guard`).
     pub guarded: bool,
+    /// `started`, until the first relay of the request takes it as the
+    /// time its first query went out (one clock read less per request).
+    pub unrelayed: Option<Instant>,
 }
 
 /// Why serving ended.
@@ -216,11 +224,32 @@ impl Session {
         if between_transactions && self.control.shutting_down() {
             return false;
         }
-        let closing = &self.cancel.slot.closing;
-        tokio::select! {
-            _ = self.stream.readable() => true,
-            () = closing.notified(), if between_transactions => false,
+        match self.wait_for_client(between_transactions, false).await {
+            Ok(Woken::Close) => false,
+            // A closed socket is readable: serving finds out why.
+            Ok(_) | Err(_) => {
+                let slot = &self.cancel.slot;
+                slot.begin_wait(self.control.clients.round());
+                slot.unpark();
+                true
+            }
         }
+    }
+
+    /// Waits until the client's socket is readable, or the registry asks
+    /// the task to close (when `close`) or to park (when `park`).
+    async fn wait_for_client(&self, close: bool, park: bool) -> std::io::Result<Woken> {
+        let slot = &self.cancel.slot;
+        let stream = &self.stream;
+        std::future::poll_fn(|cx| {
+            match slot.poll_attention(cx) {
+                Attention::Close if close => return Poll::Ready(Ok(Woken::Close)),
+                Attention::Park if park => return Poll::Ready(Ok(Woken::Park)),
+                _ => {}
+            }
+            stream.poll_read_ready(cx).map_ok(|()| Woken::Readable)
+        })
+        .await
     }
 
     async fn finish(&mut self, end: End) {
@@ -272,6 +301,7 @@ impl Session {
                 continue;
             }
             let guarded = self.request.as_ref().is_some_and(|r| r.guarded);
+            let started = self.request.as_mut().and_then(|r| r.unrelayed.take());
             let (request_node, route) = match &self.request {
                 Some(request) => (request.decision.node, request.decision.target),
                 None => (0, crate::router::Target::Primary),
@@ -300,6 +330,7 @@ impl Session {
                 route,
                 received_before: std::mem::take(&mut self.received),
                 first_checked: std::mem::take(&mut self.first_checked),
+                started,
             }
             .run()
             .await;
@@ -446,23 +477,25 @@ impl Session {
     /// The next request; `Closing` when pgrouter is shutting down and the
     /// client is between transactions (a deferred BEGIN is a transaction
     /// to the client: it may still commit it); `Idle` when the client has
-    /// sent nothing for `IDLE_BUFFER_KEEP`, its buffers given back.
+    /// sent nothing for a while (see `ClientRegistry::sweep`), its buffers
+    /// given back.
     async fn next_request_unless_closing(&mut self) -> Result<Wait, ClientError> {
         let between_transactions = self.deferred_begin.is_none();
         if between_transactions && self.control.shutting_down() {
             return Ok(Wait::Closing);
         }
         if self.in_buf.is_empty() {
-            let closing = &self.cancel.slot.closing;
-            let waited = tokio::select! {
-                waited = tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable()) => waited,
-                () = closing.notified(), if between_transactions => return Ok(Wait::Closing),
-            };
-            if waited.is_err() {
-                self.in_buf = BytesMut::new();
-                self.retry_buf = BytesMut::new();
-                self.server_out = BytesMut::new();
-                return Ok(Wait::Idle);
+            self.cancel.slot.begin_wait(self.control.clients.round());
+            match self.wait_for_client(between_transactions, true).await {
+                Ok(Woken::Close) => return Ok(Wait::Closing),
+                Ok(Woken::Park) => {
+                    self.in_buf = BytesMut::new();
+                    self.retry_buf = BytesMut::new();
+                    self.server_out = BytesMut::new();
+                    return Ok(Wait::Idle);
+                }
+                Ok(Woken::Readable) => {}
+                Err(error) => return Err(error.into()),
             }
         }
         // The request has begun to arrive: it is read whole, shutdown or not.
@@ -475,14 +508,6 @@ impl Session {
         loop {
             if let Some(frame) = frontend::frame(&self.in_buf, self.max_message)? {
                 return Ok(frame);
-            }
-            if self.in_buf.is_empty()
-                && self.in_buf.capacity() > 0
-                && tokio::time::timeout(IDLE_BUFFER_KEEP, self.stream.readable())
-                    .await
-                    .is_err()
-            {
-                self.in_buf = BytesMut::new();
             }
             self.stream.readable().await?;
             let want = match frontend::declared_len(&self.in_buf, self.max_message)? {
