@@ -79,7 +79,7 @@ impl Registry {
 /// One client's statements, by the names it gave them.
 #[derive(Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<str>, Arc<Statement>>,
+    by_name: HashMap<Box<str>, Arc<Statement>, foldhash::fast::RandomState>,
 }
 
 impl ClientStatements {
@@ -108,7 +108,7 @@ impl ClientStatements {
 /// out.
 #[derive(Default)]
 pub struct ServerStatements {
-    last_used: HashMap<Arc<str>, u64>,
+    last_used: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     clock: u64,
 }
 

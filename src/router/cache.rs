@@ -8,8 +8,9 @@
 //! marks its entry, and the clock hand passes over marked entries once,
 //! clearing the mark, before evicting an unmarked one.
 
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ thread_local! {
 /// `fingerprint`) to its classification.
 pub struct ClassCache {
     /// Picks the shard; keyed randomly so that clients cannot aim at one.
+    /// foldhash rather than SipHash, here and in the shards' maps: a hit
+    /// hashes the text twice, on every query.
     shard_hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     hits: AtomicU64,
@@ -43,7 +46,7 @@ pub struct ClassCache {
 
 struct Shard {
     /// Text -> index in `slots`.
-    index: HashMap<Arc<str>, usize>,
+    index: HashMap<Arc<str>, usize, RandomState>,
     slots: Vec<Slot>,
     capacity: usize,
     hand: usize,
@@ -65,7 +68,7 @@ impl ClassCache {
         let shards = (0..shard_count)
             .map(|_| {
                 Mutex::new(Shard {
-                    index: HashMap::with_capacity(per_shard),
+                    index: HashMap::with_capacity_and_hasher(per_shard, RandomState::default()),
                     slots: Vec::with_capacity(per_shard),
                     capacity: per_shard,
                     hand: 0,
@@ -73,7 +76,7 @@ impl ClassCache {
             })
             .collect();
         ClassCache {
-            shard_hasher: RandomState::new(),
+            shard_hasher: RandomState::default(),
             shards,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -242,7 +245,7 @@ mod tests {
     fn a_hot_entry_survives_eviction() {
         // Which shard a text lands in is random: drive one shard directly.
         let mut shard = Shard {
-            index: HashMap::new(),
+            index: HashMap::default(),
             slots: Vec::new(),
             capacity: 4,
             hand: 0,
