@@ -60,11 +60,7 @@ impl Session {
             }
         }
         self.pending_setting = pending_setting;
-        if self
-            .pending_setting
-            .as_ref()
-            .is_some_and(|p| matches!(p, PendingSetting::Set(..)))
-        {
+        if matches!(self.pending_setting, Some(PendingSetting::Set(..))) {
             effect = SessionEffect::None;
         }
         match effect {
