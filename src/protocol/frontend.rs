@@ -67,15 +67,22 @@ pub fn body(message: &[u8]) -> &[u8] {
 /// The SQL text of a whole Query or Parse message; `None` for other
 /// messages and for malformed ones (the server will say what is wrong).
 pub fn query_text(message: &[u8]) -> Option<&str> {
+    std::str::from_utf8(query_bytes(message)?).ok()
+}
+
+/// `query_text` before its UTF-8 check, for looks that need only bytes.
+pub fn query_bytes(message: &[u8]) -> Option<&[u8]> {
     let mut rest = message.get(HEADER_LEN..)?;
     match *message.first()? {
         QUERY => {}
         PARSE => {
-            take_cstr(&mut rest, "statement name").ok()?;
+            let name_end = rest.iter().position(|&b| b == 0)?;
+            rest = &rest[name_end + 1..];
         }
         _ => return None,
     }
-    take_cstr(&mut rest, "query").ok()
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some(&rest[..end])
 }
 
 /// The SQL text of the message at the front of `buf`, when it is a whole

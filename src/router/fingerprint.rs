@@ -65,22 +65,43 @@ pub fn literal_free(sql: &str, out: &mut String) -> bool {
 /// The first word of a SQL text, after whitespace, comments, parentheses
 /// and semicolons.
 pub fn first_keyword(sql: &str) -> &str {
-    let mut rest = sql;
+    // The bounds sit next to ASCII bytes, so they are char boundaries.
+    sql.get(first_keyword_at(sql.as_bytes())).unwrap_or("")
+}
+
+/// `first_keyword` on bytes: where the first word is. Whitespace is
+/// PostgreSQL's own (ASCII), and the scan touches only the text's head.
+pub fn first_keyword_at(sql: &[u8]) -> std::ops::Range<usize> {
+    let mut at = 0;
     loop {
-        let trimmed = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';');
-        if let Some(after) = trimmed.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = trimmed.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        while at < sql.len()
+            && matches!(
+                sql[at],
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b'(' | b';'
+            )
+        {
+            at += 1;
+        }
+        let rest = &sql[at..];
+        if rest.starts_with(b"--") {
+            at = match rest.iter().position(|&b| b == b'\n') {
+                Some(newline) => at + newline + 1,
+                None => sql.len(),
+            };
+        } else if rest.starts_with(b"/*") {
+            at = match rest.windows(2).skip(2).position(|w| w == b"*/") {
+                Some(close) => at + 2 + close + 2,
+                None => sql.len(),
+            };
         } else {
-            rest = trimmed;
             break;
         }
     }
-    let end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    &rest[..end]
+    let len = sql[at..]
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(sql.len() - at);
+    at..at + len
 }
 
 fn after_identifier(bytes: &[u8], at: usize) -> bool {
@@ -207,5 +228,23 @@ mod tests {
         ] {
             let _ = key(sql);
         }
+    }
+}
+
+#[cfg(test)]
+mod first_keyword_tests {
+    use super::first_keyword;
+
+    #[test]
+    fn the_first_word_is_found_past_blanks_brackets_and_comments() {
+        assert_eq!(first_keyword("SELECT 1"), "SELECT");
+        assert_eq!(first_keyword(" \t\n((select 1))"), "select");
+        assert_eq!(first_keyword("-- note\n  ;WITH a AS (SELECT 1)"), "WITH");
+        assert_eq!(first_keyword("/* a */ /* b */SET x = 1"), "SET");
+        assert_eq!(first_keyword("/*/ still a comment */ listen ch"), "listen");
+        assert_eq!(first_keyword("-- only a comment"), "");
+        assert_eq!(first_keyword("/* unclosed"), "");
+        assert_eq!(first_keyword("é SELECT"), "");
+        assert_eq!(first_keyword(""), "");
     }
 }

@@ -16,7 +16,7 @@ use crate::topology::{Lsn, Topology};
 use balance::{Balancer, Candidate, NodeLoad};
 use cache::ClassCache;
 use classify::{Classification, Hint, Kind};
-pub use fingerprint::first_keyword;
+pub use fingerprint::{first_keyword, first_keyword_at};
 use functions::Functions;
 use std::net::IpAddr;
 use std::sync::Arc;

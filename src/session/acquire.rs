@@ -148,56 +148,55 @@ impl Session {
     /// SQL text: whether it is an EXPLAIN ROUTE, its class when routing
     /// needs it, and what it does to the session.
     fn look_at(&self, first: Frame) -> Look {
-        let message = &self.in_buf[..first.len];
-        let sql = frontend::query_text(message);
-        if sql.and_then(super::explain::explained).is_some() {
-            return Look {
-                explain: true,
-                class: None,
-                effect: SessionEffect::None,
-                pending_setting: None,
-            };
-        }
-        // A Bind, Describe or Close of a named statement: its class was
-        // made when the client parsed it.
-        let named = match sql {
-            Some(_) => None,
-            None => extended::statement_name(message).and_then(|name| self.statements.get(name)),
-        };
-        let splits = self.router().splits();
-        let class = match sql {
-            // Without a split nothing depends on the SQL: it is not even
-            // classified, unless it may change the session.
-            Some(sql) if splits => Some(self.router().classify(sql)),
-            Some(_) => None,
-            None if splits => named.and_then(|statement| statement.class.clone()),
-            None => None,
-        };
         let mut look = Look {
             explain: false,
-            class,
+            class: None,
             effect: SessionEffect::None,
             pending_setting: None,
         };
-        if self.mode != PoolMode::Transaction {
+        let message = &self.in_buf[..first.len];
+        let splits = self.router().splits();
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let Some(text) = frontend::query_bytes(message) else {
+            // A Bind, Describe or Close of a named statement: its class was
+            // made when the client parsed it, and a Bind does what its
+            // text says.
+            let class = extended::statement_name(message)
+                .and_then(|name| self.statements.get(name))
+                .and_then(|statement| statement.class.as_ref());
+            if transaction_mode {
+                look.effect = class.map_or(SessionEffect::None, |class| pin::effect(class, None));
+            }
+            look.class = class.filter(|_| splits).cloned();
+            return look;
+        };
+        // Bytes first: most texts need no UTF-8 check when routing is off.
+        let may_explain = super::explain::may_explain(text);
+        let may_change = transaction_mode && !splits && pin::may_change_session(text);
+        if !(splits || may_explain || may_change) {
             return look;
         }
-        look.effect = match (sql, &look.class) {
-            (Some(sql), Some(class)) => pin::effect(class, Some(sql)),
-            (Some(sql), None) if pin::may_change_session(sql) => {
-                pin::effect(&self.router().classify(sql), Some(sql))
-            }
-            (Some(_), None) => SessionEffect::None,
-            // A Bind of a named statement does what its text says.
-            (None, _) => match named.and_then(|statement| statement.class.as_deref()) {
-                Some(class) => pin::effect(class, None),
-                None => SessionEffect::None,
-            },
+        let Ok(sql) = std::str::from_utf8(text) else {
+            return look;
+        };
+        if may_explain && super::explain::explained(sql).is_some() {
+            look.explain = true;
+            return look;
+        }
+        if splits {
+            look.class = Some(self.router().classify(sql));
+        }
+        if !transaction_mode {
+            return look;
+        }
+        look.effect = match &look.class {
+            Some(class) => pin::effect(class, Some(sql)),
+            None if may_change => pin::effect(&self.router().classify(sql), Some(sql)),
+            None => SessionEffect::None,
         };
         // A plain SET or RESET sent alone outside a transaction is
         // replayed on later connections instead of pinning.
         if first.tag == frontend::QUERY && self.deferred_begin.is_none() {
-            let sql = sql.unwrap_or("");
             let single = look.class.as_ref().is_none_or(|c| c.statements == 1);
             look.pending_setting = match look.effect {
                 SessionEffect::Pin(_) if single => settings::set_parameter(sql)

@@ -14,6 +14,14 @@ use std::net::IpAddr;
 
 pub const COLUMNS: [&str; 4] = ["node", "route", "reason", "detail"];
 
+/// Whether a SQL text may be an `EXPLAIN ROUTE`, from its first byte
+/// after ASCII whitespace: the hot path's price for the feature.
+pub fn may_explain(sql: &[u8]) -> bool {
+    sql.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'e'))
+}
+
 /// The statement after `EXPLAIN ROUTE`, when `sql` is one.
 pub fn explained(sql: &str) -> Option<&str> {
     let sql = sql.trim_start();
@@ -211,7 +219,16 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::explained;
+    use super::{explained, may_explain};
+
+    #[test]
+    fn only_texts_starting_with_e_are_looked_at_further() {
+        assert!(may_explain(b"  \n\tEXPLAIN ROUTE SELECT 1"));
+        assert!(may_explain(b"explain select 1"));
+        assert!(!may_explain(b"SELECT 1"));
+        assert!(!may_explain(b"   "));
+        assert!(!may_explain(b""));
+    }
 
     #[test]
     fn explain_route_is_recognized_in_any_case() {

@@ -3,7 +3,7 @@
 //! that tells which statements need a closer one.
 
 use crate::router::classify::{Classification, Kind};
-use crate::router::first_keyword;
+use crate::router::first_keyword_at;
 
 /// What a statement does to the session beyond its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +53,8 @@ pub fn deallocates_all(sql: &str) -> bool {
 
 /// Whether a SQL text may change session state, judged from its words
 /// without parsing: most statements cannot, and skip the classifier.
-pub fn may_change_session(sql: &str) -> bool {
-    let first = first_keyword(sql);
+pub fn may_change_session(sql: &[u8]) -> bool {
+    let first = &sql[first_keyword_at(sql)];
     const SESSION_WORDS: [&str; 11] = [
         "set",
         "reset",
@@ -68,10 +68,13 @@ pub fn may_change_session(sql: &str) -> bool {
         "select",
         "with",
     ];
-    if !SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+    if !SESSION_WORDS
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w.as_bytes()))
+    {
         return false;
     }
-    if first.eq_ignore_ascii_case("select") || first.eq_ignore_ascii_case("with") {
+    if first.eq_ignore_ascii_case(b"select") || first.eq_ignore_ascii_case(b"with") {
         // Only function calls and SELECT INTO TEMP reach session state.
         return contains_any_ignore_case(sql, &["advisory", "set_config", "into"]);
     }
@@ -80,18 +83,22 @@ pub fn may_change_session(sql: &str) -> bool {
 
 /// One pass over `haystack` for any of `needles` (lower case): this runs
 /// on every SELECT when routing is off.
-fn contains_any_ignore_case(haystack: &str, needles: &[&str]) -> bool {
-    let bytes = haystack.as_bytes();
-    bytes.iter().enumerate().any(|(at, byte)| {
-        let byte = byte.to_ascii_lowercase();
-        needles.iter().any(|needle| {
+fn contains_any_ignore_case(haystack: &[u8], needles: &[&str]) -> bool {
+    for (at, byte) in haystack.iter().enumerate() {
+        // Lower-cases letters; no needle starts with anything else.
+        let byte = byte | 0x20;
+        for needle in needles {
             let needle = needle.as_bytes();
-            needle[0] == byte
-                && bytes
+            if needle[0] == byte
+                && haystack
                     .get(at..at + needle.len())
                     .is_some_and(|word| word.eq_ignore_ascii_case(needle))
-        })
-    })
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
@@ -117,7 +124,7 @@ mod tests {
             "DISCARD ALL",
             "-- x\nPREPARE p AS SELECT 1",
         ] {
-            assert!(may_change_session(sql), "{sql}");
+            assert!(may_change_session(sql.as_bytes()), "{sql}");
         }
         for sql in [
             "SELECT abalance FROM a WHERE aid = 1",
@@ -125,7 +132,7 @@ mod tests {
             "BEGIN",
             "UPDATE t SET a = 1",
         ] {
-            assert!(!may_change_session(sql), "{sql}");
+            assert!(!may_change_session(sql.as_bytes()), "{sql}");
         }
     }
 

@@ -443,11 +443,10 @@ impl Relay<'_> {
                 .and_then(|statement| statement.class.as_ref());
             return class.map_or(pin::SessionEffect::None, |class| pin::effect(class, None));
         }
-        match frontend::query_text(message) {
-            Some(sql) if pin::may_change_session(sql) => {
-                pin::effect(&self.router.classify(sql), Some(sql))
-            }
-            _ => pin::SessionEffect::None,
+        let text = frontend::query_bytes(message).filter(|text| pin::may_change_session(text));
+        match text.and_then(|text| std::str::from_utf8(text).ok()) {
+            Some(sql) => pin::effect(&self.router.classify(sql), Some(sql)),
+            None => pin::SessionEffect::None,
         }
     }
 
