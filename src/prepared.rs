@@ -36,12 +36,12 @@ impl Registry {
     /// sight.
     pub fn intern(
         &self,
-        query: &str,
+        query: &[u8],
         types: &[u8],
         class: impl FnOnce() -> Option<Arc<Classification>>,
     ) -> Arc<Statement> {
         let mut key = Vec::with_capacity(query.len() + 1 + types.len());
-        key.extend_from_slice(query.as_bytes());
+        key.extend_from_slice(query);
         key.push(0);
         key.extend_from_slice(types);
         let mut by_content = self.by_content.lock();
@@ -161,14 +161,14 @@ mod tests {
     #[test]
     fn equal_content_shares_a_server_name() {
         let registry = Registry::default();
-        let a = registry.intern("select 1", &[0, 0], || None);
-        let b = registry.intern("select 1", &[0, 0], || None);
-        let c = registry.intern("select 2", &[0, 0], || None);
+        let a = registry.intern(b"select 1", &[0, 0], || None);
+        let b = registry.intern(b"select 1", &[0, 0], || None);
+        let c = registry.intern(b"select 2", &[0, 0], || None);
         assert!(Arc::ptr_eq(&a, &b));
         assert_ne!(a.server_name, c.server_name);
         let parsed = extended::parse(&a.parse).unwrap();
         assert_eq!(parsed.name, &*a.server_name);
-        assert_eq!(parsed.query, "select 1");
+        assert_eq!(parsed.query, b"select 1");
     }
 
     #[test]

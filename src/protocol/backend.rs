@@ -21,6 +21,7 @@ pub const STATUS_FAILED: u8 = b'E';
 /// SQLSTATE codes pgrouter itself reports.
 pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const CONNECTION_EXCEPTION: &str = "08000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";

@@ -10,7 +10,9 @@ use bytes::{BufMut, BytesMut};
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
     pub name: &'a str,
-    pub query: &'a str,
+    /// The SQL text's bytes: in the client's encoding, which need not be
+    /// UTF-8 (a LATIN1 client's literals), so never decoded here.
+    pub query: &'a [u8],
     /// The parameter type count and OIDs, as sent.
     pub types: &'a [u8],
 }
@@ -21,7 +23,12 @@ pub fn parse(message: &[u8]) -> Result<Parse<'_>, ProtocolError> {
         .get(HEADER_LEN..)
         .ok_or(ProtocolError::Malformed { what: WHAT })?;
     let name = take_cstr(&mut rest, WHAT)?;
-    let query = take_cstr(&mut rest, WHAT)?;
+    let query_end = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ProtocolError::Malformed { what: WHAT })?;
+    let query = &rest[..query_end];
+    rest = &rest[query_end + 1..];
     if rest.len() < 2 {
         return Err(ProtocolError::Malformed { what: WHAT });
     }
@@ -99,14 +106,14 @@ pub fn rename_statement(
 }
 
 /// A Parse message for `name` with this query and parameter types.
-pub fn parse_message(out: &mut BytesMut, name: &str, query: &str, types: &[u8]) {
+pub fn parse_message(out: &mut BytesMut, name: &str, query: &[u8], types: &[u8]) {
     let len = 4 + name.len() + 1 + query.len() + 1 + types.len();
     out.reserve(1 + len);
     out.put_u8(PARSE);
     out.put_i32(len as i32);
     out.put_slice(name.as_bytes());
     out.put_u8(0);
-    out.put_slice(query.as_bytes());
+    out.put_slice(query);
     out.put_u8(0);
     out.put_slice(types);
 }
@@ -139,16 +146,19 @@ mod tests {
         body.extend_from_slice(&23i32.to_be_bytes());
         let original = message(PARSE, &body);
         let parsed = parse(&original).unwrap();
-        assert_eq!((parsed.name, parsed.query), ("s1", "select $1"));
+        assert_eq!((parsed.name, parsed.query), ("s1", &b"select $1"[..]));
         assert_eq!(declared_types(parsed.types), Some(1));
         let mut out = BytesMut::new();
         rename_statement(&mut out, &original, "pgrouter_7").unwrap();
         let renamed = parse(&out).unwrap();
-        assert_eq!((renamed.name, renamed.query), ("pgrouter_7", "select $1"));
+        assert_eq!(
+            (renamed.name, renamed.query),
+            ("pgrouter_7", &b"select $1"[..])
+        );
         assert_eq!(renamed.types, parsed.types);
         assert_eq!(frame(&out, 1000).unwrap().unwrap().len, out.len());
         let mut built = BytesMut::new();
-        parse_message(&mut built, "pgrouter_7", "select $1", parsed.types);
+        parse_message(&mut built, "pgrouter_7", b"select $1", parsed.types);
         assert_eq!(built, out);
     }
 
@@ -176,6 +186,9 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors_not_panics() {
         assert!(parse(&message(PARSE, b"s1\0select")).is_err());
+        // Text in another encoding is not malformed.
+        let latin1 = message(PARSE, b"\0select 'caf\xe9'\0\0\0");
+        assert_eq!(parse(&latin1).unwrap().query, b"select 'caf\xe9'");
         assert_eq!(statement_name(&message(BIND, b"p\0")), None);
         let mut out = BytesMut::new();
         assert!(rename_statement(&mut out, &message(BIND, b"p"), "x").is_err());

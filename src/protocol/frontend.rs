@@ -40,6 +40,42 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Option<Frame>, ProtocolError> {
     Ok(Some(Frame { tag: buf[0], len }))
 }
 
+/// `frame` for a logged-in client: a type byte PostgreSQL would not
+/// accept is an error as soon as it arrives, before its length is read (as
+/// PostgreSQL reads it), so that junk never reaches a server.
+pub fn session_frame(buf: &[u8], max: usize) -> Result<Option<Frame>, ProtocolError> {
+    match buf.first() {
+        Some(&tag) if !is_session_message(tag) => Err(ProtocolError::UnknownMessage { tag }),
+        _ => frame(buf, max),
+    }
+}
+
+/// The message types a client may send once logged in.
+pub fn is_session_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        QUERY
+            | PARSE
+            | BIND
+            | DESCRIBE
+            | EXECUTE
+            | CLOSE
+            | SYNC
+            | FLUSH
+            | FUNCTION_CALL
+            | COPY_DATA
+            | COPY_DONE
+            | COPY_FAIL
+            | TERMINATE
+    )
+}
+
+/// Whether a message of a type whose length is fixed (Sync, Flush,
+/// Terminate, CopyDone: a bare header) declares that length.
+pub fn has_fixed_len(frame: Frame) -> bool {
+    frame.len == HEADER_LEN || !matches!(frame.tag, SYNC | FLUSH | TERMINATE | COPY_DONE)
+}
+
 /// The whole length the message at the front of `buf` declares, tag
 /// included, once its header is in: lets a reader reserve room for it.
 pub fn declared_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
@@ -57,6 +93,11 @@ pub fn declared_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolErr
         return Err(ProtocolError::TooLarge { len, max });
     }
     Ok(Some(len))
+}
+
+/// Appends a Sync.
+pub fn sync_message(out: &mut bytes::BytesMut) {
+    out.extend_from_slice(&[SYNC, 0, 0, 0, 4]);
 }
 
 /// The body of a whole message: what follows the header.
@@ -171,6 +212,24 @@ mod tests {
         assert_eq!(query_text(&message(PARSE, &parse)), Some("select $1"));
         assert_eq!(query_text(&message(SYNC, b"")), None);
         assert_eq!(query_text(&message(QUERY, b"no terminator")), None);
+    }
+
+    #[test]
+    fn session_framing_refuses_unknown_types_at_once() {
+        for tag in [b'Z', 0u8, 0xff, b'p'] {
+            assert_eq!(
+                session_frame(&[tag], 100),
+                Err(ProtocolError::UnknownMessage { tag })
+            );
+        }
+        assert_eq!(session_frame(&[], 100), Ok(None));
+        let sync = message(SYNC, b"");
+        assert!(has_fixed_len(session_frame(&sync, 100).unwrap().unwrap()));
+        let long_sync = message(SYNC, b"junk");
+        assert!(!has_fixed_len(frame(&long_sync, 100).unwrap().unwrap()));
+        assert!(has_fixed_len(
+            frame(&message(QUERY, b"x\0"), 100).unwrap().unwrap()
+        ));
     }
 
     #[test]

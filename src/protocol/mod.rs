@@ -30,6 +30,9 @@ pub enum ProtocolError {
     TooLarge { len: usize, max: usize },
     #[error("malformed {what}")]
     Malformed { what: &'static str },
+    /// PostgreSQL's own words for a type byte it does not know.
+    #[error("invalid frontend message type {tag}")]
+    UnknownMessage { tag: u8 },
 }
 
 /// Reads a big-endian `i32` at `at`; callers guarantee four bytes are there.

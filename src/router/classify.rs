@@ -130,6 +130,36 @@ pub fn classify(sql: &str) -> Classification {
     }
 }
 
+impl Classification {
+    /// The verdict on several texts run as one request (the statements of
+    /// an extended-protocol batch up to its Sync), combined as the
+    /// statements of one text are (see [`combine`]).
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a Classification>) -> Classification {
+        let mut kinds = Vec::new();
+        let mut functions = Vec::new();
+        let mut hint = None;
+        let mut statements = 0;
+        for part in parts {
+            kinds.push(part.kind.clone());
+            functions.extend(part.functions.iter().cloned());
+            hint = match (hint, part.hint) {
+                (Some(Hint::Primary), _) | (_, Some(Hint::Primary)) => Some(Hint::Primary),
+                (hint, None) => hint,
+                (_, other) => other,
+            };
+            statements += part.statements;
+        }
+        functions.sort_unstable();
+        functions.dedup();
+        Classification {
+            kind: combine(&kinds),
+            functions,
+            hint,
+            statements,
+        }
+    }
+}
+
 /// Combines the verdicts of a text's statements, in this order:
 ///
 /// 1. no statement: `Read` (an empty query); one statement: its verdict;

@@ -238,6 +238,25 @@ impl Router {
         self.cache.get_or_classify(sql)
     }
 
+    /// The classification of a SQL text in the client's encoding: `None`
+    /// when it is not UTF-8, which routes like unclassifiable text (to the
+    /// primary) and still reaches the server as sent.
+    pub fn classify_bytes(&self, sql: &[u8]) -> Option<Arc<Classification>> {
+        std::str::from_utf8(sql).ok().map(|sql| self.classify(sql))
+    }
+
+    /// Whether a statement may run on a replica that serves a read, known
+    /// without I/O: a plain read, no primary hint, and every function it
+    /// calls already known not to write. Anything else is routed anew.
+    pub fn reads_known(&self, class: &Classification) -> bool {
+        class.kind == Kind::Read
+            && class.hint != Some(Hint::Primary)
+            && class
+                .functions
+                .iter()
+                .all(|name| self.functions.known(name) == Some(false))
+    }
+
     /// Remembers that a SQL text writes although it was classified as a
     /// read (it failed on a replica with 25006).
     pub fn learn_write(&self, sql: &str) {

@@ -25,6 +25,11 @@ pub struct ServerState {
     stale_plan: bool,
     /// ErrorResponses seen so far, to tell whether a request succeeded.
     errors: u32,
+    /// An ErrorResponse came since the last ReadyForQuery.
+    failing: bool,
+    /// The batch the last ReadyForQuery ended had an error: PostgreSQL
+    /// skipped the rest of it.
+    last_batch_failed: bool,
 }
 
 impl Default for ServerState {
@@ -36,6 +41,8 @@ impl Default for ServerState {
             copy_in: false,
             stale_plan: false,
             errors: 0,
+            failing: false,
+            last_batch_failed: false,
             transaction_status: STATUS_IDLE,
         }
     }
@@ -79,10 +86,12 @@ impl ServerState {
                 self.ready_owed = self.ready_owed.saturating_sub(1);
                 self.transaction_status = status;
                 self.copy_in = false;
+                self.last_batch_failed = std::mem::take(&mut self.failing);
             }
             Reply::CopyIn => self.copy_in = true,
             Reply::Error(code) => {
                 self.errors = self.errors.wrapping_add(1);
+                self.failing = true;
                 self.stale_plan |= &code == b"0A000";
             }
             _ => {}
@@ -96,6 +105,21 @@ impl ServerState {
     /// Whether a stale cached plan was reported since the last call.
     pub fn take_stale_plan(&mut self) -> bool {
         std::mem::take(&mut self.stale_plan)
+    }
+
+    /// Whether the batch the last ReadyForQuery ended had an error.
+    pub fn last_batch_failed(&self) -> bool {
+        self.last_batch_failed
+    }
+
+    /// The server waits for the client's COPY data.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
+    /// Extended-protocol messages were sent since the last Sync.
+    pub fn in_batch(&self) -> bool {
+        self.batch_open
     }
 
     /// Some ReadyForQuery is still to come.
@@ -164,6 +188,20 @@ mod tests {
         assert!(!state.at_rest());
         state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
         assert!(state.is_idle());
+    }
+
+    #[test]
+    fn a_batch_with_an_error_is_remembered_as_failed() {
+        let mut state = ServerState::default();
+        sent(&mut state, b"PBE");
+        assert!(state.in_batch());
+        sent(&mut state, b"S");
+        state.on_reply(Reply::Error(*b"22012"));
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(state.last_batch_failed() && !state.in_batch());
+        sent(&mut state, b"PBES");
+        state.on_reply(Reply::ReadyForQuery(STATUS_IDLE));
+        assert!(!state.last_batch_failed());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::login::checkout_sqlstate;
 use super::pin::{self, SessionEffect};
 use super::serve::{End, PendingSetting, Request, Session};
 use super::settings;
-use crate::client::ClientError;
+use super::transaction::LocalTransaction;
 use crate::clients::ClientState;
 use crate::config::{Pinning, PoolMode, Route};
 use crate::pool::CheckoutError;
@@ -31,6 +31,9 @@ impl Session {
     /// Routes the request that starts with `first` and checks out a server
     /// connection for it, or answers it without one.
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
+        if self.transaction.is_failed() && first.tag == frontend::QUERY {
+            return self.answer_failed_transaction(first).await;
+        }
         let Look {
             explain,
             class,
@@ -55,7 +58,7 @@ impl Session {
                 .in_buf
                 .get(crate::protocol::HEADER_LEN)
                 .is_some_and(|&b| b != 0);
-            if named && self.prepare_locally(first).await? {
+            if named && self.mode == PoolMode::Transaction && self.prepare_locally(first).await? {
                 return Ok(());
             }
         }
@@ -84,7 +87,7 @@ impl Session {
             SessionEffect::Discard => self.statements.clear(),
             _ => {}
         }
-        let deferred = self.deferred_begin.is_some();
+        let deferred = self.transaction.is_open();
         let decision = match self.mode {
             PoolMode::Session => self.router().session_node(&self.route, self.peer.ip()),
             PoolMode::Transaction if deferred => {
@@ -167,7 +170,9 @@ impl Session {
             if transaction_mode {
                 look.effect = class.map_or(SessionEffect::None, |class| pin::effect(class, None));
             }
-            look.class = class.filter(|_| splits).cloned();
+            if splits {
+                look.class = self.request_class(first, class.cloned());
+            }
             return look;
         };
         // Bytes first: most texts need no UTF-8 check when routing is off.
@@ -194,9 +199,12 @@ impl Session {
             None if may_change => pin::effect(&self.router().classify(sql), Some(sql)),
             None => SessionEffect::None,
         };
+        if splits && first.tag != frontend::QUERY {
+            look.class = self.request_class(first, look.class.take());
+        }
         // A plain SET or RESET sent alone outside a transaction is
         // replayed on later connections instead of pinning.
-        if first.tag == frontend::QUERY && self.deferred_begin.is_none() {
+        if first.tag == frontend::QUERY && !self.transaction.is_open() {
             let single = look.class.as_ref().is_none_or(|c| c.statements == 1);
             look.pending_setting = match look.effect {
                 SessionEffect::Pin(_) if single => settings::set_parameter(sql)
@@ -208,6 +216,48 @@ impl Session {
             };
         }
         look
+    }
+
+    /// The class of the whole extended-protocol request that starts with
+    /// `first` (whose own class is `first_class`): every statement through
+    /// its Sync, as far as it has arrived, decides where it runs, so that
+    /// a batch that reads and then writes goes to the primary in one
+    /// implicit transaction. What arrives later is checked by the relay.
+    /// `None` (the primary) when a statement cannot be classified.
+    fn request_class(
+        &self,
+        first: Frame,
+        first_class: Option<Arc<Classification>>,
+    ) -> Option<Arc<Classification>> {
+        let first_class = first_class?;
+        let mut others: Vec<Arc<Classification>> = Vec::new();
+        let mut rest = &self.in_buf[first.len..];
+        while let Ok(Some(frame)) = frontend::session_frame(rest, self.max_message) {
+            let message = &rest[..frame.len];
+            let class = match frame.tag {
+                frontend::SYNC | frontend::QUERY => break,
+                frontend::PARSE => Some(
+                    self.router()
+                        .classify_bytes(frontend::query_bytes(message)?)?,
+                ),
+                frontend::BIND => match extended::statement_name(message)? {
+                    // The unnamed statement is parsed in the request.
+                    "" => None,
+                    name => Some(self.statements.get(name)?.class.clone()?),
+                },
+                frontend::FUNCTION_CALL => return None,
+                _ => None,
+            };
+            if let Some(class) = class.filter(|class| !Arc::ptr_eq(class, &first_class)) {
+                others.push(class);
+            }
+            rest = &rest[frame.len..];
+        }
+        if others.is_empty() {
+            return Some(first_class);
+        }
+        let parts = std::iter::once(&*first_class).chain(others.iter().map(|class| &**class));
+        Some(Arc::new(Classification::merged(parts)))
     }
 
     async fn check_out(
@@ -257,9 +307,9 @@ impl Session {
                         errors_before: server_errors,
                         unrelayed: Some(started),
                     });
-                    if let Some(begin) = self.deferred_begin.take() {
-                        let mut joined = BytesMut::with_capacity(begin.len() + self.in_buf.len());
-                        joined.extend_from_slice(&begin);
+                    if let Some(prelude) = self.transaction.take_prelude() {
+                        let mut joined = BytesMut::with_capacity(prelude.len() + self.in_buf.len());
+                        joined.extend_from_slice(&prelude);
                         joined.extend_from_slice(&self.in_buf);
                         self.in_buf = joined;
                         self.swallow = 1;
@@ -304,7 +354,7 @@ impl Session {
     /// or ROLLBACK of a transaction that never got one. Returns whether it
     /// answered.
     async fn answer_locally(&mut self, first: Frame, class: &Classification) -> Result<bool, End> {
-        let in_transaction = self.deferred_begin.is_some();
+        let in_transaction = self.transaction.is_open();
         let mut out = BytesMut::new();
         match class.kind {
             Kind::SetRoute(setting) => {
@@ -325,7 +375,8 @@ impl Session {
             Kind::Begin { read_only: false }
                 if !in_transaction && class.statements == 1 && self.defers_begin(class) =>
             {
-                self.deferred_begin = Some(self.in_buf.split_to(first.len).freeze());
+                self.transaction =
+                    LocalTransaction::Deferred(self.in_buf.split_to(first.len).freeze());
                 backend::command_complete(&mut out, "BEGIN");
                 backend::ready_for_query(&mut out, STATUS_IN_TRANSACTION);
             }
@@ -335,7 +386,7 @@ impl Session {
                     return Ok(false);
                 };
                 self.in_buf.advance(first.len);
-                self.deferred_begin = None;
+                self.transaction.end();
                 backend::command_complete(&mut out, tag);
                 backend::ready_for_query(&mut out, STATUS_IDLE);
             }
@@ -343,6 +394,30 @@ impl Session {
         }
         self.write(&out).await?;
         Ok(true)
+    }
+
+    /// A simple Query inside a failed transaction that no server holds:
+    /// COMMIT and ROLLBACK end it (both as ROLLBACK), anything else is
+    /// refused as PostgreSQL refuses it.
+    async fn answer_failed_transaction(&mut self, first: Frame) -> Result<(), End> {
+        let sql = frontend::query_text(&self.in_buf[..first.len]).unwrap_or("");
+        let ends = ending_tag(sql).is_some();
+        self.in_buf.advance(first.len);
+        let mut out = BytesMut::new();
+        if ends {
+            self.transaction.end();
+            backend::command_complete(&mut out, "ROLLBACK");
+        } else {
+            crate::stats::count_error(sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes());
+            backend::error_response(
+                &mut out,
+                Severity::Error,
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+        }
+        backend::ready_for_query(&mut out, self.transaction.status());
+        self.write(&out).await
     }
 
     /// A lone Parse of a named statement followed by Sync needs no server:
@@ -354,21 +429,21 @@ impl Session {
         let Ok(parse) = extended::parse(&self.in_buf[..first.len]) else {
             return Ok(false);
         };
+        // Only a well-formed Sync: one declaring another length gets the
+        // server's 08P01, and must not be mistaken for five bytes here.
         let next = frontend::frame(&self.in_buf[first.len..], usize::MAX);
-        if parse.name.is_empty() || !matches!(next, Ok(Some(f)) if f.tag == frontend::SYNC) {
+        let synced =
+            matches!(next, Ok(Some(f)) if f.tag == frontend::SYNC && frontend::has_fixed_len(f));
+        if parse.name.is_empty() || !synced || self.transaction.is_failed() {
             return Ok(false);
         }
         let router = self.shared.router.clone();
         let statement = self.shared.registry.intern(parse.query, parse.types, || {
-            Some(router.classify(parse.query))
+            router.classify_bytes(parse.query)
         });
         self.statements.insert(parse.name, statement);
         self.in_buf.advance(first.len + 5);
-        let status = if self.deferred_begin.is_some() {
-            STATUS_IN_TRANSACTION
-        } else {
-            STATUS_IDLE
-        };
+        let status = self.transaction.status();
         let mut out = BytesMut::with_capacity(16);
         backend::parse_complete(&mut out);
         backend::ready_for_query(&mut out, status);
@@ -411,11 +486,7 @@ impl Session {
             "DEALLOCATE"
         };
         self.in_buf.advance(first.len);
-        let status = if self.deferred_begin.is_some() {
-            STATUS_IN_TRANSACTION
-        } else {
-            STATUS_IDLE
-        };
+        let status = self.transaction.status();
         let mut out = BytesMut::new();
         backend::command_complete(&mut out, tag);
         backend::ready_for_query(&mut out, status);
@@ -445,32 +516,11 @@ impl Session {
         crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, Severity::Error, code, message);
-        let mut frame = first;
-        loop {
-            self.in_buf.advance(frame.len);
-            if frame.tag == frontend::QUERY || frame.tag == frontend::SYNC {
-                break;
-            }
-            if frame.tag == frontend::FLUSH {
-                // The client may wait for replies before it sends Sync.
-                self.write(&out).await?;
-                out.clear();
-            }
-            frame = match self.next_request().await {
-                Ok(frame) if frame.tag == frontend::TERMINATE => return Err(End::Terminated),
-                Ok(frame) => frame,
-                Err(ClientError::Protocol(error)) => return Err(End::Protocol(error.to_string())),
-                Err(_) => return Err(End::Gone),
-            };
-        }
+        let mut out = self.skip_batch(Some(first), out).await?;
         // A failed statement inside a deferred transaction leaves it
         // failed, as PostgreSQL would; the client's ROLLBACK ends it.
-        let status = if self.deferred_begin.is_some() {
-            backend::STATUS_FAILED
-        } else {
-            STATUS_IDLE
-        };
-        backend::ready_for_query(&mut out, status);
+        self.transaction.fail();
+        backend::ready_for_query(&mut out, self.transaction.status());
         self.write(&out).await
     }
 }

@@ -4,7 +4,7 @@
 
 use super::serve::{End, Session};
 use crate::config::PoolMode;
-use crate::protocol::backend::{self, STATUS_IDLE, STATUS_IN_TRANSACTION};
+use crate::protocol::backend;
 use crate::protocol::extended;
 use crate::protocol::frontend::{self, Frame};
 use crate::router::classify::{Classification, Kind};
@@ -131,10 +131,12 @@ impl Session {
     /// statement goes to the server like any other.
     pub(super) async fn explain_batch(&mut self, first: Frame) -> Result<bool, End> {
         let statement = match extended::parse(&self.in_buf[..first.len]) {
-            Ok(parse) if parse.name.is_empty() => match explained(parse.query) {
-                Some(statement) => statement.to_owned(),
-                None => return Ok(false),
-            },
+            Ok(parse) if parse.name.is_empty() => {
+                match std::str::from_utf8(parse.query).ok().and_then(explained) {
+                    Some(statement) => statement.to_owned(),
+                    None => return Ok(false),
+                }
+            }
             _ => return Ok(false),
         };
         let row = explain_route(
@@ -179,10 +181,7 @@ impl Session {
                 _ => {}
             }
         }
-        let status = match self.deferred_begin {
-            Some(_) => STATUS_IN_TRANSACTION,
-            None => STATUS_IDLE,
-        };
+        let status = self.transaction.status();
         backend::ready_for_query(&mut out, status);
         self.write(&out).await?;
         Ok(true)
@@ -203,10 +202,7 @@ impl Session {
         )
         .await;
         self.in_buf.advance(first.len);
-        let status = match self.deferred_begin {
-            Some(_) => STATUS_IN_TRANSACTION,
-            None => STATUS_IDLE,
-        };
+        let status = self.transaction.status();
         let mut out = BytesMut::new();
         backend::row_description(&mut out, &COLUMNS);
         backend::data_row(&mut out, &row.map(Some));

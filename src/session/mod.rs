@@ -12,6 +12,7 @@ mod pin;
 mod relay;
 mod serve;
 mod settings;
+mod transaction;
 
 pub use explain::{explain_route, explained, COLUMNS as EXPLAIN_COLUMNS};
 pub use login::{send_welcome, Identity};

@@ -64,7 +64,44 @@ pub enum RelayEnd {
     /// The client uses a prepared statement this server connection lacks;
     /// everything before it has been answered.
     Prepare(Arc<Statement>),
+    /// A read lease met a statement that must run elsewhere in the middle
+    /// of a batch: the part before it was ended with a Sync of pgrouter's
+    /// (its ReadyForQuery cut), the server is idle, and the rest of the
+    /// batch waits in the client's buffer. `failed`: that part had an
+    /// error, so PostgreSQL would skip the rest up to the client's Sync.
+    BatchMoved { failed: bool },
 }
+
+/// What the server connection may run besides the request it was checked
+/// out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Anything the client sends: the primary, or a node the client chose
+    /// (a hint, `route`, a read-only transaction).
+    Any,
+    /// An autocommit read on a replica: only reads may follow on it. A
+    /// request that may write ends the lease and is routed on its own.
+    Reads,
+}
+
+/// How far a read lease has got with a statement that must run elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Everything framed so far may run here.
+    No,
+    /// The next request must run elsewhere: framing stops, and the relay
+    /// ends when the server is idle.
+    BeforeRequest,
+    /// The next statement, inside a batch, must run elsewhere: the batch
+    /// so far gets a Sync of pgrouter's once everything framed is written.
+    CloseBatch,
+    /// pgrouter's Sync is sent: its ReadyForQuery, the server's last
+    /// reply, is cut.
+    CutReady,
+}
+
+/// A ReadyForQuery: tag, length 5, status.
+const READY_FOR_QUERY_LEN: usize = 6;
 
 /// The name a client's Close of a statement is turned into: closing a
 /// statement that does not exist is not an error, and the server's own
@@ -107,6 +144,10 @@ pub struct Relay<'a> {
     /// When the request began, if this is its first relay: the time its
     /// first query goes out, near enough.
     pub started: Option<Instant>,
+    /// Transaction mode: client statement names map to pgrouter's; in
+    /// session mode the client's names reach the server untouched.
+    pub rename_statements: bool,
+    pub lease: Lease,
 }
 
 struct Progress {
@@ -129,6 +170,11 @@ struct Progress {
     /// Bytes from the client and to it, not yet counted.
     received: u64,
     sent: u64,
+    split: Split,
+    /// On a read lease: the unnamed statement last parsed reads.
+    unnamed_reads: bool,
+    /// The request the session routed has not been looked at again.
+    first_request: bool,
 }
 
 impl Relay<'_> {
@@ -144,6 +190,10 @@ impl Relay<'_> {
             transaction_since: None,
             received: self.received_before,
             sent: 0,
+            split: Split::No,
+            // Parsed before this lease, perhaps by another client.
+            unnamed_reads: false,
+            first_request: true,
         };
         let end = poll_fn(|cx| self.poll(cx, &mut progress)).await;
         self.count_bytes(&mut progress);
@@ -231,8 +281,13 @@ impl Relay<'_> {
             }
             let holding = self.swallow > 0 || self.guard.is_some();
             let replies = &mut self.server.read_buf;
-            if !holding && p.written < replies.len() {
-                match Pin::new(&mut *self.client).poll_write(cx, &replies[p.written..]) {
+            // While pgrouter's ReadyForQuery may be at the tail, it stays.
+            let deliverable = match p.split {
+                Split::CutReady => replies.len().saturating_sub(READY_FOR_QUERY_LEN),
+                _ => replies.len(),
+            };
+            if !holding && p.written < deliverable {
+                match Pin::new(&mut *self.client).poll_write(cx, &replies[p.written..deliverable]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::ClientGone)
                     }
@@ -249,7 +304,20 @@ impl Relay<'_> {
                 }
             }
 
+            if p.framed == 0 && p.split == Split::CloseBatch {
+                // Everything framed is on its way: the batch so far ends here.
+                frontend::sync_message(self.server_out);
+                self.server.state.on_client_message(frontend::SYNC);
+                p.split = Split::CutReady;
+                continue;
+            }
             let all_sent = p.framed == 0 && self.server_out.is_empty();
+            if all_sent && p.terminated {
+                // The client wants nothing more, not even the replies to
+                // what it sent (which, without a Sync, may never come):
+                // the session cleans the connection up.
+                return Poll::Ready(RelayEnd::ClientTerminated);
+            }
             // A guard holds replies, but with none outstanding there is
             // nothing to hold: the statement can be prepared.
             let quiet = all_sent
@@ -261,9 +329,20 @@ impl Relay<'_> {
                     return Poll::Ready(RelayEnd::Prepare(statement));
                 }
             }
+            if p.split == Split::CutReady && !holding && self.server.state.at_rest() {
+                if let Some(end) = self.cut_ready_for_query(p) {
+                    return Poll::Ready(end);
+                }
+            }
             if all_sent && self.server.read_buf.is_empty() && !holding {
-                if p.terminated {
-                    return Poll::Ready(RelayEnd::ClientTerminated);
+                if p.split == Split::BeforeRequest && self.server.state.at_rest() {
+                    if self.server.state.is_idle() {
+                        return Poll::Ready(RelayEnd::Released);
+                    }
+                    // Inside a transaction the request belongs here after
+                    // all, whatever it does, as on PostgreSQL.
+                    p.split = Split::No;
+                    continue;
                 }
                 if self.release_when_idle
                     && self.pinned.is_none()
@@ -274,7 +353,9 @@ impl Relay<'_> {
                 }
             }
 
-            if self.server.read_buf.is_empty() || holding {
+            // Cutting keeps a ReadyForQuery's worth of replies back, and
+            // the rest of the answer is still to be read.
+            if self.server.read_buf.is_empty() || holding || p.split == Split::CutReady {
                 match self.poll_server_read(cx) {
                     Poll::Ready(Ok(())) => {
                         moved = true;
@@ -319,6 +400,109 @@ impl Relay<'_> {
         }
     }
 
+    /// The server answered pgrouter's Sync: once everything before its
+    /// ReadyForQuery has reached the client, it is cut, and the batch's
+    /// rest is left for the session to route.
+    fn cut_ready_for_query(&mut self, p: &mut Progress) -> Option<RelayEnd> {
+        let replies = &mut self.server.read_buf;
+        let tail = replies.len().checked_sub(READY_FOR_QUERY_LEN)?;
+        if p.written < tail {
+            return None;
+        }
+        if replies[tail..tail + 5] != [b'Z', 0, 0, 0, 5] {
+            let error = io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server's last reply to a Sync was not ReadyForQuery",
+            );
+            return Some(RelayEnd::ServerFailed(error));
+        }
+        replies.clear();
+        p.written = 0;
+        p.split = Split::No;
+        Some(RelayEnd::BatchMoved {
+            failed: self.server.state.last_batch_failed(),
+        })
+    }
+
+    /// Whether a message may run on this lease. On a read lease, a request
+    /// that may write (all of it, as far as it has arrived) is left for the
+    /// session to route at a request boundary; inside a batch, the
+    /// statement that may write is. Only read leases pay for this look.
+    fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
+        if self.lease == Lease::Any {
+            return true;
+        }
+        if !self.server.state.in_batch() {
+            // A new request: the session routed the first one as a whole,
+            // so its first statement reads.
+            if std::mem::take(&mut p.first_request) {
+                if frame.tag == PARSE {
+                    let message = &self.client_in[p.framed..p.framed + frame.len];
+                    if extended::statement_name(message) == Some("") {
+                        p.unnamed_reads = true;
+                    }
+                }
+                return true;
+            }
+            let mut unnamed = p.unnamed_reads;
+            let mut rest = &self.client_in[p.framed..];
+            while let Ok(Some(next)) = frontend::frame(rest, self.max_message) {
+                if !self.message_reads(&rest[..next.len], &mut unnamed) {
+                    p.split = Split::BeforeRequest;
+                    return false;
+                }
+                if matches!(next.tag, frontend::SYNC | frontend::QUERY) {
+                    break;
+                }
+                rest = &rest[next.len..];
+            }
+        }
+        p.first_request = false;
+        let message = &self.client_in[p.framed..p.framed + frame.len];
+        let mut unnamed = p.unnamed_reads;
+        if self.message_reads(message, &mut unnamed) {
+            p.unnamed_reads = unnamed;
+            return true;
+        }
+        p.split = if self.server.state.in_batch() {
+            Split::CloseBatch
+        } else {
+            Split::BeforeRequest
+        };
+        false
+    }
+
+    /// Whether one client message only reads. `unnamed`: whether the
+    /// unnamed statement reads, updated by a Parse of it.
+    fn message_reads(&self, message: &[u8], unnamed: &mut bool) -> bool {
+        let reads = |class: Option<&Arc<crate::router::classify::Classification>>| {
+            class.is_some_and(|class| self.router.reads_known(class))
+        };
+        match message.first().copied() {
+            Some(frontend::QUERY) => {
+                let text = frontend::query_bytes(message).unwrap_or_default();
+                reads(self.router.classify_bytes(text).as_ref())
+            }
+            Some(PARSE) => {
+                let text = frontend::query_bytes(message).unwrap_or_default();
+                let verdict = reads(self.router.classify_bytes(text).as_ref());
+                if extended::statement_name(message) == Some("") {
+                    *unnamed = verdict;
+                }
+                verdict
+            }
+            Some(BIND) => match extended::statement_name(message) {
+                Some("") => *unnamed,
+                Some(name) if self.rename_statements => {
+                    reads(self.statements.get(name).and_then(|s| s.class.as_ref()))
+                }
+                _ => false,
+            },
+            Some(frontend::FUNCTION_CALL) => false,
+            _ => true,
+        }
+    }
+
     /// The slow paths: cut the replies to pgrouter's own requests, then
     /// judge a guarded answer. Until both are done nothing is written to
     /// the client, so the held replies start at the front of the buffer.
@@ -357,7 +541,8 @@ impl Relay<'_> {
     fn frame_client_messages(&mut self, p: &mut Progress) -> Result<(), ProtocolError> {
         loop {
             let copying = !self.server_out.is_empty();
-            let Some(frame) = frontend::frame(&self.client_in[p.framed..], self.max_message)?
+            let Some(frame) =
+                frontend::session_frame(&self.client_in[p.framed..], self.max_message)?
             else {
                 return Ok(());
             };
@@ -372,7 +557,11 @@ impl Relay<'_> {
                 p.terminated = true;
                 return Ok(());
             }
-            let named = matches!(frame.tag, PARSE | BIND | DESCRIBE | CLOSE)
+            if p.split != Split::No || !self.check_lease(frame, p) {
+                return Ok(());
+            }
+            let named = self.rename_statements
+                && matches!(frame.tag, PARSE | BIND | DESCRIBE | CLOSE)
                 && extended::statement_name(&self.client_in[p.framed..p.framed + frame.len])
                     .is_some_and(|name| !name.is_empty());
             let routed_first = std::mem::take(&mut self.first_checked);
@@ -465,7 +654,7 @@ impl Relay<'_> {
                 let parse = extended::parse(message)?;
                 let router = self.router;
                 let statement = self.registry.intern(parse.query, parse.types, || {
-                    Some(router.classify(parse.query))
+                    router.classify_bytes(parse.query)
                 });
                 self.statements.insert(parse.name, statement.clone());
                 if held.contains(&statement.server_name) {

@@ -4,8 +4,9 @@
 //! connection back clean.
 
 use super::login::{checkout_sqlstate, send_welcome, Identity};
-use super::relay::{Relay, RelayEnd};
+use super::relay::{Lease, Relay, RelayEnd};
 use super::settings::SessionSettings;
+use super::transaction::LocalTransaction;
 use crate::client::ClientError;
 use crate::clients::{Attention, ClientInfo, ClientState, Registration};
 use crate::config::{PoolMode, ReadYourWrites};
@@ -14,9 +15,9 @@ use crate::pool::{Pool, PoolSet, PooledServer};
 use crate::prepared::ClientStatements;
 use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
-use crate::router::{Decision, Router, SessionRoute, SessionWrites};
+use crate::router::{Decision, Reason, Router, SessionRoute, SessionWrites, Target};
 use crate::server::{prepared, reset, ServerError};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
@@ -39,16 +40,15 @@ pub struct Session {
     pub(super) identity: Identity,
     pub(super) pools: Arc<PoolSet>,
     pub(super) mode: PoolMode,
-    max_message: usize,
+    pub(super) max_message: usize,
     pub(super) in_buf: BytesMut,
     pub(super) server: Option<PooledServer>,
     pub(super) cancel: Registration,
     pub(super) route: SessionRoute,
     /// The request the held server connection serves.
     pub(super) request: Option<Request>,
-    /// A plain BEGIN answered by pgrouter itself: the transaction's first
-    /// real statement decides where it runs, and the BEGIN goes with it.
-    pub(super) deferred_begin: Option<Bytes>,
+    /// A transaction pgrouter answered BEGIN for without a server.
+    pub(super) transaction: LocalTransaction,
     /// Replies to cut before the client's (see `Relay::swallow`).
     pub(super) swallow: u32,
     /// What a retryable request sent, for running it elsewhere.
@@ -182,7 +182,7 @@ impl Session {
             server: None,
             cancel,
             request: None,
-            deferred_begin: None,
+            transaction: LocalTransaction::None,
             swallow: 0,
             retry_buf: BytesMut::new(),
             retrying: false,
@@ -220,7 +220,7 @@ impl Session {
     /// Waits, parked, for the client's next bytes; false when pgrouter is
     /// shutting down first (and the client is between transactions).
     async fn wait_for_work(&mut self) -> bool {
-        let between_transactions = self.deferred_begin.is_none();
+        let between_transactions = !self.transaction.is_open();
         if between_transactions && self.control.shutting_down() {
             return false;
         }
@@ -302,9 +302,13 @@ impl Session {
             }
             let guarded = self.request.as_ref().is_some_and(|r| r.guarded);
             let started = self.request.as_mut().and_then(|r| r.unrelayed.take());
-            let (request_node, route) = match &self.request {
-                Some(request) => (request.decision.node, request.decision.target),
-                None => (0, crate::router::Target::Primary),
+            let (request_node, route, lease) = match &self.request {
+                Some(request) => (
+                    request.decision.node,
+                    request.decision.target,
+                    lease_of(&request.decision),
+                ),
+                None => (0, crate::router::Target::Primary, Lease::Any),
             };
             let Some(server) = self.server.as_mut() else {
                 continue;
@@ -331,6 +335,8 @@ impl Session {
                 received_before: std::mem::take(&mut self.received),
                 first_checked: std::mem::take(&mut self.first_checked),
                 started,
+                rename_statements: self.mode == PoolMode::Transaction,
+                lease,
             }
             .run()
             .await;
@@ -339,6 +345,20 @@ impl Session {
             }
             match outcome {
                 RelayEnd::Released => self.finish_request().await,
+                RelayEnd::BatchMoved { failed } => {
+                    self.finish_request().await;
+                    if failed {
+                        // PostgreSQL skips what follows an error up to the
+                        // Sync: so does the rest of the batch.
+                        let out = match self.skip_batch(None, BytesMut::new()).await {
+                            Ok(out) => out,
+                            Err(end) => return end,
+                        };
+                        if let Err(end) = self.answer_ready(out).await {
+                            return end;
+                        }
+                    }
+                }
                 RelayEnd::Prepare(statement) => {
                     let Some(server) = self.server.as_mut() else {
                         continue;
@@ -480,7 +500,7 @@ impl Session {
     /// sent nothing for a while (see `ClientRegistry::sweep`), its buffers
     /// given back.
     async fn next_request_unless_closing(&mut self) -> Result<Wait, ClientError> {
-        let between_transactions = self.deferred_begin.is_none();
+        let between_transactions = !self.transaction.is_open();
         if between_transactions && self.control.shutting_down() {
             return Ok(Wait::Closing);
         }
@@ -506,7 +526,7 @@ impl Session {
     /// connection.
     pub(super) async fn next_request(&mut self) -> Result<Frame, ClientError> {
         loop {
-            if let Some(frame) = frontend::frame(&self.in_buf, self.max_message)? {
+            if let Some(frame) = frontend::session_frame(&self.in_buf, self.max_message)? {
                 return Ok(frame);
             }
             self.stream.readable().await?;
@@ -532,21 +552,49 @@ impl Session {
         crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, Severity::Error, code, message);
+        let mut out = self.skip_batch(None, out).await?;
+        backend::ready_for_query(&mut out, status);
+        self.write(&out).await
+    }
+
+    /// Skips the client's messages as PostgreSQL does after an error in
+    /// a batch: through the next Sync (only the Query itself, when `first`
+    /// is one). `out`, the answer so far, is sent when the client asks
+    /// with a Flush, and returned for the ReadyForQuery to follow.
+    pub(super) async fn skip_batch(
+        &mut self,
+        first: Option<Frame>,
+        mut out: BytesMut,
+    ) -> Result<BytesMut, End> {
+        let mut next = first;
         loop {
-            let frame = match self.next_request().await {
-                Ok(frame) => frame,
-                Err(ClientError::Protocol(error)) => return Err(End::Protocol(error.to_string())),
-                Err(_) => return Err(End::Gone),
+            let frame = match next.take() {
+                Some(frame) => frame,
+                None => match self.next_request().await {
+                    Ok(frame) if frame.tag == frontend::TERMINATE => return Err(End::Terminated),
+                    Ok(frame) => frame,
+                    Err(ClientError::Protocol(error)) => {
+                        return Err(End::Protocol(error.to_string()))
+                    }
+                    Err(_) => return Err(End::Gone),
+                },
             };
-            if frame.tag == frontend::TERMINATE {
-                return Err(End::Terminated);
-            }
             bytes::Buf::advance(&mut self.in_buf, frame.len);
-            if frame.tag == frontend::SYNC {
-                break;
+            let query_request = frame.tag == frontend::QUERY && first == Some(frame);
+            if query_request || frame.tag == frontend::SYNC {
+                return Ok(out);
+            }
+            if frame.tag == frontend::FLUSH {
+                // The client may wait for replies before it sends Sync.
+                self.write(&out).await?;
+                out.clear();
             }
         }
-        backend::ready_for_query(&mut out, status);
+    }
+
+    /// Ends a locally answered request with ReadyForQuery.
+    async fn answer_ready(&mut self, mut out: BytesMut) -> Result<(), End> {
+        backend::ready_for_query(&mut out, self.transaction.status());
         self.write(&out).await
     }
 
@@ -617,6 +665,15 @@ impl Session {
         let mut out = BytesMut::new();
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;
+    }
+}
+
+/// What else a server connection checked out for this decision may run.
+fn lease_of(decision: &Decision) -> Lease {
+    if decision.target == Target::Replica && decision.reason == Reason::Read {
+        Lease::Reads
+    } else {
+        Lease::Any
     }
 }
 

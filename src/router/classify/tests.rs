@@ -578,3 +578,23 @@ fn every_listed_safe_builtin_is_left_out() {
         assert!(classify(&sql).functions.is_empty(), "{sql}");
     }
 }
+
+#[test]
+fn a_batch_is_judged_by_all_its_statements() {
+    let read = classify("SELECT f(1)");
+    let write = classify("INSERT INTO t VALUES (1)");
+    let hinted = classify("/* pgrouter: primary */ SELECT 2");
+    let merged = Classification::merged([&read, &write]);
+    assert_eq!(merged.kind, W("insert"));
+    assert_eq!(merged.statements, 2);
+    assert_eq!(merged.functions, read.functions);
+    let reads = Classification::merged([&read, &read]);
+    assert_eq!(reads.kind, Read);
+    assert_eq!(reads.functions.len(), 1, "functions are deduplicated");
+    assert_eq!(
+        Classification::merged([&read, &hinted]).hint,
+        Some(Hint::Primary)
+    );
+    let session = classify("SET work_mem = '8MB'");
+    assert_eq!(Classification::merged([&read, &session]).kind, S("set"));
+}
