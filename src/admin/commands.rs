@@ -4,9 +4,9 @@ use super::show;
 use super::{Answer, Refusal};
 use crate::control::Control;
 use crate::protocol::backend::sqlstate;
+use crate::router::explain::{explain_route, explained, COLUMNS as EXPLAIN_COLUMNS};
 use crate::router::SessionRoute;
 use crate::router::SessionWrites;
-use crate::session::explain_route;
 
 const SYNTAX_ERROR: &str = "42601";
 
@@ -39,7 +39,7 @@ const HELP: &[(&str, &str)] = &[
 
 pub async fn run(control: &Control, text: &str) -> Result<Answer, Refusal> {
     let text = text.trim().trim_end_matches(';').trim();
-    if let Some(statement) = crate::session::explained(text) {
+    if let Some(statement) = explained(text) {
         let shared = control.current();
         let session = SessionRoute {
             setting: crate::config::Route::Auto,
@@ -55,10 +55,7 @@ pub async fn run(control: &Control, text: &str) -> Result<Answer, Refusal> {
             mode,
         )
         .await;
-        let mut answer = Answer::rows(
-            &crate::session::EXPLAIN_COLUMNS,
-            vec![row.map(Some).to_vec()],
-        );
+        let mut answer = Answer::rows(&EXPLAIN_COLUMNS, vec![row.map(Some).to_vec()]);
         answer.tag = "EXPLAIN".into();
         return Ok(answer);
     }

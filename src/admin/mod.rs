@@ -8,11 +8,11 @@ mod show;
 
 pub use show::client_counts;
 
+use crate::client::{send_welcome, Identity};
 use crate::clients::ClientInfo;
 use crate::control::Control;
 use crate::protocol::backend::{self, sqlstate, Severity, STATUS_IDLE};
 use crate::protocol::frontend;
-use crate::session::{send_welcome, Identity};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;

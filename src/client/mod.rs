@@ -3,6 +3,9 @@
 
 pub mod auth;
 pub mod startup;
+mod welcome;
+
+pub use welcome::{send_welcome, Identity};
 
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, Frame};

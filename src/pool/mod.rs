@@ -34,6 +34,18 @@ pub enum CheckoutError {
     Closed { pool: String },
 }
 
+impl CheckoutError {
+    /// The SQLSTATE a client sees when no server connection can be had.
+    pub fn sqlstate(&self) -> &'static str {
+        use crate::protocol::backend::sqlstate;
+        match self {
+            CheckoutError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            CheckoutError::Server { .. } => sqlstate::CONNECTION_FAILURE,
+            CheckoutError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
+        }
+    }
+}
+
 /// The connections to one node for one database and user.
 ///
 /// A reload gives every pool a new `Pool` with the new settings; the

@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod cache;
 pub mod classify;
+pub mod explain;
 mod fingerprint;
 mod functions;
 mod writes;

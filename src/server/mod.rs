@@ -8,13 +8,14 @@ pub mod prepared;
 pub mod reset;
 pub mod simple;
 pub mod state;
+mod statements;
 
 pub use connect::{connect, ConnectParams};
 
-use crate::prepared::ServerStatements;
 use crate::protocol::scan::ReplyScanner;
 use bytes::BytesMut;
 use state::ServerState;
+pub use statements::ServerStatements;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;

@@ -3,19 +3,21 @@
 //! client never sees.
 
 use super::{connect::rejected, ServerConn, ServerError};
-use crate::prepared::Statement;
 use crate::protocol::extended;
 use crate::protocol::scan::Reply;
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::backend::Message;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Prepares `statement` on the connection, closing the least recently
-/// used statements first so that at most `max` remain. The connection
-/// must have no reply outstanding.
+/// Prepares the statement `name` with `parse` (a whole Parse message
+/// under that name) on the connection, closing the least recently used
+/// statements first so that at most `max` remain. The connection must
+/// have no reply outstanding.
 pub async fn prepare(
     conn: &mut ServerConn,
-    statement: &Statement,
+    name: &Arc<str>,
+    parse: &[u8],
     max: usize,
 ) -> Result<(), ServerError> {
     let mut out = BytesMut::new();
@@ -24,7 +26,7 @@ pub async fn prepare(
         extended::close_statement(&mut out, victim);
         conn.statements.forget(victim);
     }
-    out.extend_from_slice(&statement.parse);
+    out.extend_from_slice(parse);
     // Inside a client's open batch a Sync would end its implicit
     // transaction: ask with Flush, and Sync only to recover from an error.
     let flush = !conn.state.at_rest();
@@ -51,7 +53,7 @@ pub async fn prepare(
             _ => {}
         }
     }
-    conn.statements.touch(&statement.server_name);
+    conn.statements.touch(name);
     Ok(())
 }
 

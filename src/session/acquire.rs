@@ -2,7 +2,6 @@
 //! pgrouter.route`, a deferred BEGIN and the COMMIT or ROLLBACK of an empty
 //! one), routing, and checking out a server connection on the chosen node.
 
-use super::login::checkout_sqlstate;
 use super::pin::{self, SessionEffect};
 use super::serve::{End, PendingSetting, Request, Session};
 use super::settings;
@@ -176,7 +175,7 @@ impl Session {
             return look;
         };
         // Bytes first: most texts need no UTF-8 check when routing is off.
-        let may_explain = super::explain::may_explain(text);
+        let may_explain = crate::router::explain::may_explain(text);
         let may_change = transaction_mode && !splits && pin::may_change_session(text);
         if !(splits || may_explain || may_change) {
             return look;
@@ -184,7 +183,7 @@ impl Session {
         let Ok(sql) = std::str::from_utf8(text) else {
             return look;
         };
-        if may_explain && super::explain::explained(sql).is_some() {
+        if may_explain && crate::router::explain::explained(sql).is_some() {
             look.explain = true;
             return look;
         }
@@ -342,7 +341,7 @@ impl Session {
                         }
                     }
                     tracing::warn!(peer = %self.peer, %error, "no server connection for client");
-                    let code = checkout_sqlstate(&error);
+                    let code = error.sqlstate();
                     return self.reject_request(first, code, &error.to_string()).await;
                 }
             }

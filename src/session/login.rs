@@ -4,16 +4,13 @@
 use super::serve::Session;
 use crate::client::auth::authenticate;
 use crate::client::startup::{read_opening, Opening};
-use crate::client::{send_fatal, ClientError};
+use crate::client::{send_fatal, ClientError, Identity};
 use crate::config::{Route, ADMIN_DATABASE};
 use crate::control::{Control, Shared};
-use crate::pool::CheckoutError;
-use crate::protocol::backend::{self, sqlstate, STATUS_IDLE};
+use crate::protocol::backend::sqlstate;
 use crate::protocol::startup::StartupPacket;
-use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A logged-in client: an application's, or an admin's on the console.
@@ -73,23 +70,6 @@ async fn fail(stream: &mut TcpStream, peer: SocketAddr, error: ClientError) {
 enum Handshake {
     Cancel((i32, i32)),
     Ready(Identity),
-}
-
-/// Who a logged-in client is.
-pub struct Identity {
-    /// Shared with the client's slot in the registry.
-    pub user: Arc<str>,
-    pub database: Arc<str>,
-    pub application_name: Arc<str>,
-    /// The user's `route`, else the database's.
-    pub route: Route,
-    /// default_transaction_read_only = on, from the startup parameters.
-    pub read_only_default: bool,
-    /// The startup parameters to apply to every server connection the
-    /// client gets, as one query; `None` when there are none.
-    pub settings: Option<Arc<str>>,
-    /// The client's startup values of parameters the server reports.
-    pub reported: Vec<(String, String)>,
 }
 
 async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake, ClientError> {
@@ -219,42 +199,4 @@ fn read_only_default(params: &[(String, String)]) -> bool {
                 name.trim_start_matches("--").replace('-', "_") == NAME && truthy(value)
             })
     })
-}
-
-/// AuthenticationOk, the server's ParameterStatus set (with the client's
-/// own startup values where it gave them), our BackendKeyData and
-/// ReadyForQuery, in one write.
-pub async fn send_welcome(
-    stream: &mut TcpStream,
-    server_params: &[(String, String)],
-    identity: &Identity,
-    key: (i32, i32),
-) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(512);
-    backend::authentication_ok(&mut out);
-    for (name, value) in server_params {
-        let own = identity
-            .reported
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str());
-        let value = match (name.as_str(), own) {
-            (_, Some(own)) => own,
-            ("application_name", None) => &*identity.application_name,
-            _ => value,
-        };
-        backend::parameter_status(&mut out, name, value);
-    }
-    backend::backend_key_data(&mut out, key.0, key.1);
-    backend::ready_for_query(&mut out, STATUS_IDLE);
-    stream.write_all(&out).await
-}
-
-/// The SQLSTATE a client sees when no server connection can be had.
-pub(super) fn checkout_sqlstate(error: &CheckoutError) -> &'static str {
-    match error {
-        CheckoutError::Timeout { .. } => sqlstate::TOO_MANY_CONNECTIONS,
-        CheckoutError::Server { .. } => sqlstate::CONNECTION_FAILURE,
-        CheckoutError::Closed { .. } => sqlstate::ADMIN_SHUTDOWN,
-    }
 }

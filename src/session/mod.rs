@@ -14,9 +14,6 @@ mod serve;
 mod settings;
 mod transaction;
 
-pub use explain::{explain_route, explained, COLUMNS as EXPLAIN_COLUMNS};
-pub use login::{send_welcome, Identity};
-
 use crate::control::Control;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,11 +3,10 @@
 //! (transaction mode) or the session (session mode) ends, and give the
 //! connection back clean.
 
-use super::login::{checkout_sqlstate, send_welcome, Identity};
 use super::relay::{Lease, Relay, RelayEnd};
 use super::settings::SessionSettings;
 use super::transaction::LocalTransaction;
-use crate::client::ClientError;
+use crate::client::{send_welcome, ClientError, Identity};
 use crate::clients::{Attention, ClientInfo, ClientState, Registration};
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::control::{Control, Shared};
@@ -141,7 +140,7 @@ impl Session {
         let params = match pools.nodes[first].server_params().await {
             Ok(params) => params,
             Err(error) => {
-                let error = ClientError::fatal(checkout_sqlstate(&error), error.to_string());
+                let error = ClientError::fatal(error.sqlstate(), error.to_string());
                 return Err((stream, error));
             }
         };
@@ -363,7 +362,14 @@ impl Session {
                     let Some(server) = self.server.as_mut() else {
                         continue;
                     };
-                    match prepared::prepare(server, &statement, self.max_prepared).await {
+                    match prepared::prepare(
+                        server,
+                        &statement.server_name,
+                        &statement.parse,
+                        self.max_prepared,
+                    )
+                    .await
+                    {
                         Ok(()) => {}
                         Err(ServerError::Rejected { code, message }) => {
                             // The statement's own error (a syntax error, a
