@@ -3,8 +3,9 @@
 //! one), routing, and checking out a server connection on the chosen node.
 
 use super::pin::{self, SessionEffect};
-use super::serve::{End, PendingSetting, Request, Session};
+use super::serve::{End, Session};
 use super::settings;
+use super::stage::{PendingSetting, Request, Serving, Stage};
 use super::transaction::LocalTransaction;
 use crate::clients::ClientState;
 use crate::config::{Pinning, PoolMode, Route};
@@ -30,7 +31,7 @@ impl Session {
     /// Routes the request that starts with `first` and checks out a server
     /// connection for it, or answers it without one.
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
-        if self.transaction.is_failed() && first.tag == frontend::QUERY {
+        if self.stage.transaction().is_failed() && first.tag == frontend::QUERY {
             return self.answer_failed_transaction(first).await;
         }
         let Look {
@@ -61,8 +62,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.pending_setting = pending_setting;
-        if matches!(self.pending_setting, Some(PendingSetting::Set(..))) {
+        if matches!(pending_setting, Some(PendingSetting::Set(..))) {
             effect = SessionEffect::None;
         }
         match effect {
@@ -86,7 +86,7 @@ impl Session {
             SessionEffect::Discard => self.statements.clear(),
             _ => {}
         }
-        let deferred = self.transaction.is_open();
+        let deferred = self.stage.transaction().is_open();
         let decision = match self.mode {
             PoolMode::Session => self.router().session_node(&self.route, self.peer.ip()),
             PoolMode::Transaction if deferred => {
@@ -123,24 +123,24 @@ impl Session {
             }
         };
         self.pools.stats.count_decision(decision.reason);
-        self.check_out(first, decision, class).await?;
+        self.check_out(first, decision, class, pending_setting)
+            .await?;
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let Some(serving) = self.stage.serving() else {
+            // Answered without a server (no connection could be had).
+            return Ok(());
+        };
         // Nothing for the relay to do about the routed statement: it need
         // not scan it again (a deferred BEGIN now comes first, though).
-        self.first_checked = self.mode == PoolMode::Transaction
-            && self.server.is_some()
-            && self.swallow == 0
-            && matches!(effect, SessionEffect::None);
+        serving.first_checked =
+            transaction_mode && serving.swallow == 0 && matches!(effect, SessionEffect::None);
         match effect {
-            SessionEffect::Pin(reason) if self.server.is_some() => {
+            SessionEffect::Pin(reason) => {
                 tracing::debug!(peer = %self.peer, reason, "client pinned to its server connection");
-                self.pinned = Some(reason);
+                serving.pinned = Some(reason);
                 self.cancel.slot.set_pinned(reason);
             }
-            SessionEffect::Discard => {
-                if let Some(server) = self.server.as_mut() {
-                    server.statements.clear();
-                }
-            }
+            SessionEffect::Discard => serving.server.statements.clear(),
             _ => {}
         }
         Ok(())
@@ -203,7 +203,7 @@ impl Session {
         }
         // A plain SET or RESET sent alone outside a transaction is
         // replayed on later connections instead of pinning.
-        if first.tag == frontend::QUERY && !self.transaction.is_open() {
+        if first.tag == frontend::QUERY && !self.stage.transaction().is_open() {
             let single = look.class.as_ref().is_none_or(|c| c.statements == 1);
             look.pending_setting = match look.effect {
                 SessionEffect::Pin(_) if single => settings::set_parameter(sql)
@@ -264,6 +264,7 @@ impl Session {
         first: Frame,
         mut decision: Decision,
         class: Option<Arc<Classification>>,
+        pending_setting: Option<PendingSetting>,
     ) -> Result<(), End> {
         let slot = &self.cancel.slot;
         slot.set_state(ClientState::Waiting);
@@ -293,27 +294,40 @@ impl Session {
                     let slot = &self.cancel.slot;
                     slot.set(Some(server.cancel_target().clone()), Some(decision.node));
                     slot.set_state(ClientState::Active);
-                    let server_errors = server.state.errors();
-                    self.server = Some(server);
                     self.router().started(decision.node);
-                    let guarded = decision.retryable && !self.retrying;
-                    self.retrying = false;
                     self.retry_buf.clear();
-                    self.request = Some(Request {
+                    let (prelude, retry) = match &mut self.stage {
+                        Stage::Waiting(waiting) => {
+                            (waiting.transaction.take_prelude(), waiting.retry)
+                        }
+                        Stage::Serving(_) => (None, false),
+                    };
+                    let swallow = match prelude {
+                        Some(prelude) => {
+                            let mut joined =
+                                BytesMut::with_capacity(prelude.len() + self.in_buf.len());
+                            joined.extend_from_slice(&prelude);
+                            joined.extend_from_slice(&self.in_buf);
+                            self.in_buf = joined;
+                            1
+                        }
+                        None => 0,
+                    };
+                    let request = Request {
                         decision,
                         started,
-                        guarded,
-                        errors_before: server_errors,
+                        guarded: decision.retryable && !retry,
+                        errors_before: server.state.errors(),
                         unrelayed: Some(started),
+                    };
+                    self.stage = Stage::Serving(Serving {
+                        server,
+                        request,
+                        swallow,
+                        pending_setting,
+                        first_checked: false,
+                        pinned: None,
                     });
-                    if let Some(prelude) = self.transaction.take_prelude() {
-                        let mut joined = BytesMut::with_capacity(prelude.len() + self.in_buf.len());
-                        joined.extend_from_slice(&prelude);
-                        joined.extend_from_slice(&self.in_buf);
-                        self.in_buf = joined;
-                        self.swallow = 1;
-                    }
-
                     return Ok(());
                 }
                 Err(error) => {
@@ -353,7 +367,11 @@ impl Session {
     /// or ROLLBACK of a transaction that never got one. Returns whether it
     /// answered.
     async fn answer_locally(&mut self, first: Frame, class: &Classification) -> Result<bool, End> {
-        let in_transaction = self.transaction.is_open();
+        let defers_begin = self.defers_begin(class);
+        let Some(transaction) = self.stage.transaction_mut() else {
+            return Ok(false);
+        };
+        let in_transaction = transaction.is_open();
         let mut out = BytesMut::new();
         match class.kind {
             Kind::SetRoute(setting) => {
@@ -372,10 +390,9 @@ impl Session {
                 backend::ready_for_query(&mut out, status);
             }
             Kind::Begin { read_only: false }
-                if !in_transaction && class.statements == 1 && self.defers_begin(class) =>
+                if !in_transaction && class.statements == 1 && defers_begin =>
             {
-                self.transaction =
-                    LocalTransaction::Deferred(self.in_buf.split_to(first.len).freeze());
+                *transaction = LocalTransaction::Deferred(self.in_buf.split_to(first.len).freeze());
                 backend::command_complete(&mut out, "BEGIN");
                 backend::ready_for_query(&mut out, STATUS_IN_TRANSACTION);
             }
@@ -385,7 +402,7 @@ impl Session {
                     return Ok(false);
                 };
                 self.in_buf.advance(first.len);
-                self.transaction.end();
+                transaction.end();
                 backend::command_complete(&mut out, tag);
                 backend::ready_for_query(&mut out, STATUS_IDLE);
             }
@@ -403,8 +420,8 @@ impl Session {
         let ends = ending_tag(sql).is_some();
         self.in_buf.advance(first.len);
         let mut out = BytesMut::new();
-        if ends {
-            self.transaction.end();
+        if let (true, Some(transaction)) = (ends, self.stage.transaction_mut()) {
+            transaction.end();
             backend::command_complete(&mut out, "ROLLBACK");
         } else {
             crate::stats::count_error(sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes());
@@ -415,7 +432,7 @@ impl Session {
                 "current transaction is aborted, commands ignored until end of transaction block",
             );
         }
-        backend::ready_for_query(&mut out, self.transaction.status());
+        backend::ready_for_query(&mut out, self.stage.transaction().status());
         self.write(&out).await
     }
 
@@ -433,7 +450,7 @@ impl Session {
         let next = frontend::frame(&self.in_buf[first.len..], usize::MAX);
         let synced =
             matches!(next, Ok(Some(f)) if f.tag == frontend::SYNC && frontend::has_fixed_len(f));
-        if parse.name.is_empty() || !synced || self.transaction.is_failed() {
+        if parse.name.is_empty() || !synced || self.stage.transaction().is_failed() {
             return Ok(false);
         }
         let router = self.shared.router.clone();
@@ -442,7 +459,7 @@ impl Session {
         });
         self.statements.insert(parse.name, statement);
         self.in_buf.advance(first.len + 5);
-        let status = self.transaction.status();
+        let status = self.stage.transaction().status();
         let mut out = BytesMut::with_capacity(16);
         backend::parse_complete(&mut out);
         backend::ready_for_query(&mut out, status);
@@ -468,9 +485,6 @@ impl Session {
             _ => return Ok(false),
         };
         let tag = if target.eq_ignore_ascii_case("all") {
-            if self.pinned.is_some() {
-                return Ok(false);
-            }
             self.statements.clear();
             "DEALLOCATE ALL"
         } else {
@@ -485,7 +499,7 @@ impl Session {
             "DEALLOCATE"
         };
         self.in_buf.advance(first.len);
-        let status = self.transaction.status();
+        let status = self.stage.transaction().status();
         let mut out = BytesMut::new();
         backend::command_complete(&mut out, tag);
         backend::ready_for_query(&mut out, status);
@@ -518,8 +532,10 @@ impl Session {
         let mut out = self.skip_batch(Some(first), out).await?;
         // A failed statement inside a deferred transaction leaves it
         // failed, as PostgreSQL would; the client's ROLLBACK ends it.
-        self.transaction.fail();
-        backend::ready_for_query(&mut out, self.transaction.status());
+        if let Some(transaction) = self.stage.transaction_mut() {
+            transaction.fail();
+        }
+        backend::ready_for_query(&mut out, self.stage.transaction().status());
         self.write(&out).await
     }
 }

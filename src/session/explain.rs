@@ -67,7 +67,7 @@ impl Session {
                 _ => {}
             }
         }
-        let status = self.transaction.status();
+        let status = self.stage.transaction().status();
         backend::ready_for_query(&mut out, status);
         self.write(&out).await?;
         Ok(true)
@@ -88,7 +88,7 @@ impl Session {
         )
         .await;
         self.in_buf.advance(first.len);
-        let status = self.transaction.status();
+        let status = self.stage.transaction().status();
         let mut out = BytesMut::new();
         backend::row_description(&mut out, &COLUMNS);
         backend::data_row(&mut out, &row.map(Some));

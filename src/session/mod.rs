@@ -12,6 +12,7 @@ mod pin;
 mod relay;
 mod serve;
 mod settings;
+mod stage;
 mod transaction;
 
 use crate::control::Control;

@@ -31,8 +31,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
@@ -82,6 +81,10 @@ pub enum Lease {
     /// An autocommit read on a replica: only reads may follow on it. A
     /// request that may write ends the lease and is routed on its own.
     Reads,
+    /// An autocommit write on the primary: a request pipelined behind it
+    /// that only reads is routed on its own (it may belong on a replica);
+    /// anything else runs here.
+    Writes,
 }
 
 /// How far a read lease has got with a statement that must run elsewhere.
@@ -100,6 +103,17 @@ enum Split {
     CutReady,
 }
 
+/// See `Relay::next_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextRequest {
+    /// Whole, and it only reads.
+    Reads,
+    /// Not whole yet; what has arrived only reads.
+    ReadsSoFar,
+    /// A statement of it may write.
+    MayWrite,
+}
+
 /// A ReadyForQuery: tag, length 5, status.
 const READY_FOR_QUERY_LEN: usize = 6;
 
@@ -108,8 +122,10 @@ const READY_FOR_QUERY_LEN: usize = 6;
 /// statements stay for other clients.
 const CLOSED_STATEMENT: &str = "pgrouter_closed";
 
-pub struct Relay<'a> {
-    pub client: &'a mut TcpStream,
+/// Generic over the client's stream: a TCP socket, a TLS stream over one,
+/// or an in-memory pipe in tests.
+pub struct Relay<'a, C> {
+    pub client: &'a mut C,
     pub client_in: &'a mut BytesMut,
     pub server: &'a mut ServerConn,
     pub max_message: usize,
@@ -177,7 +193,7 @@ struct Progress {
     first_request: bool,
 }
 
-impl Relay<'_> {
+impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
     pub async fn run(mut self) -> RelayEnd {
         let mut progress = Progress {
             framed: 0,
@@ -429,8 +445,19 @@ impl Relay<'_> {
     /// session to route at a request boundary; inside a batch, the
     /// statement that may write is. Only read leases pay for this look.
     fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
-        if self.lease == Lease::Any {
-            return true;
+        match self.lease {
+            Lease::Any => return true,
+            Lease::Writes => {
+                if self.server.state.in_batch() || std::mem::take(&mut p.first_request) {
+                    return true;
+                }
+                if self.next_request(p) == NextRequest::Reads {
+                    p.split = Split::BeforeRequest;
+                    return false;
+                }
+                return true;
+            }
+            Lease::Reads => {}
         }
         if !self.server.state.in_batch() {
             // A new request: the session routed the first one as a whole,
@@ -444,17 +471,9 @@ impl Relay<'_> {
                 }
                 return true;
             }
-            let mut unnamed = p.unnamed_reads;
-            let mut rest = &self.client_in[p.framed..];
-            while let Ok(Some(next)) = frontend::frame(rest, self.max_message) {
-                if !self.message_reads(&rest[..next.len], &mut unnamed) {
-                    p.split = Split::BeforeRequest;
-                    return false;
-                }
-                if matches!(next.tag, frontend::SYNC | frontend::QUERY) {
-                    break;
-                }
-                rest = &rest[next.len..];
+            if self.next_request(p) == NextRequest::MayWrite {
+                p.split = Split::BeforeRequest;
+                return false;
             }
         }
         p.first_request = false;
@@ -470,6 +489,23 @@ impl Relay<'_> {
             Split::BeforeRequest
         };
         false
+    }
+
+    /// What the request at the front of the unframed bytes does, as far
+    /// as it has arrived.
+    fn next_request(&self, p: &Progress) -> NextRequest {
+        let mut unnamed = p.unnamed_reads;
+        let mut rest = &self.client_in[p.framed..];
+        while let Ok(Some(next)) = frontend::frame(rest, self.max_message) {
+            if !self.message_reads(&rest[..next.len], &mut unnamed) {
+                return NextRequest::MayWrite;
+            }
+            if matches!(next.tag, frontend::SYNC | frontend::QUERY) {
+                return NextRequest::Reads;
+            }
+            rest = &rest[next.len..];
+        }
+        NextRequest::ReadsSoFar
     }
 
     /// Whether one client message only reads. `unnamed`: whether the

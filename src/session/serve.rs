@@ -5,7 +5,7 @@
 
 use super::relay::{Lease, Relay, RelayEnd};
 use super::settings::SessionSettings;
-use super::transaction::LocalTransaction;
+use super::stage::{PendingSetting, Serving, Stage, Waiting};
 use crate::client::{send_welcome, ClientError, Identity};
 use crate::clients::{Attention, ClientInfo, ClientState, Registration};
 use crate::config::{PoolMode, ReadYourWrites};
@@ -23,7 +23,6 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 const READ_CHUNK: usize = 8 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
@@ -41,41 +40,22 @@ pub struct Session {
     pub(super) mode: PoolMode,
     pub(super) max_message: usize,
     pub(super) in_buf: BytesMut,
-    pub(super) server: Option<PooledServer>,
     pub(super) cancel: Registration,
     pub(super) route: SessionRoute,
-    /// The request the held server connection serves.
-    pub(super) request: Option<Request>,
-    /// A transaction pgrouter answered BEGIN for without a server.
-    pub(super) transaction: LocalTransaction,
-    /// Replies to cut before the client's (see `Relay::swallow`).
-    pub(super) swallow: u32,
-    /// What a retryable request sent, for running it elsewhere.
+    /// Whether a server connection is held, and for what.
+    pub(super) stage: Stage,
+    /// What a guarded request sent, for running it elsewhere (a buffer
+    /// kept for reuse; the request says whether it is guarded).
     pub(super) retry_buf: BytesMut,
-    /// The request at the front of `in_buf` is a retry: no second one.
-    pub(super) retrying: bool,
     /// The client's named prepared statements.
     pub(super) statements: ClientStatements,
-    /// Why the client keeps its server connection until it disconnects.
-    pub(super) pinned: Option<&'static str>,
     /// Startup parameters and SETs, replayed on each connection.
     pub(super) settings: SessionSettings,
-    /// A SET or RESET of the running request, recorded if it succeeds.
-    pub(super) pending_setting: Option<PendingSetting>,
     /// Client messages rewritten for the server (see `Relay`).
     server_out: BytesMut,
     max_prepared: usize,
     /// Bytes read from the client and not yet counted (see `Relay`).
     received: u64,
-    /// The request at the front of `in_buf` was routed and its effect on
-    /// the session looked at: the relay need not look again.
-    pub(super) first_checked: bool,
-}
-
-pub(super) enum PendingSetting {
-    Set(String, String),
-    /// `None`: RESET ALL.
-    Reset(Option<String>),
 }
 
 /// Why `wait_for_client` returned.
@@ -89,19 +69,6 @@ enum Wait {
     Request(Frame),
     Closing,
     Idle,
-}
-
-pub(super) struct Request {
-    pub decision: Decision,
-    pub started: Instant,
-    /// The server's error count when the request started.
-    pub errors_before: u32,
-    /// Replies are held until judged, so that the request can run
-    /// elsewhere (see `Relay::guard`).
-    pub guarded: bool,
-    /// `started`, until the first relay of the request takes it as the
-    /// time its first query went out (one clock read less per request).
-    pub unrelayed: Option<Instant>,
 }
 
 /// Why serving ended.
@@ -178,19 +145,12 @@ impl Session {
             identity,
             pools,
             in_buf: BytesMut::new(),
-            server: None,
             cancel,
-            request: None,
-            transaction: LocalTransaction::None,
-            swallow: 0,
+            stage: Stage::Waiting(Waiting::default()),
             retry_buf: BytesMut::new(),
-            retrying: false,
             statements: ClientStatements::default(),
-            pinned: None,
-            pending_setting: None,
             server_out: BytesMut::new(),
             received: 0,
-            first_checked: false,
         })
     }
 
@@ -219,7 +179,7 @@ impl Session {
     /// Waits, parked, for the client's next bytes; false when pgrouter is
     /// shutting down first (and the client is between transactions).
     async fn wait_for_work(&mut self) -> bool {
-        let between_transactions = !self.transaction.is_open();
+        let between_transactions = !self.stage.transaction().is_open();
         if between_transactions && self.control.shutting_down() {
             return false;
         }
@@ -282,7 +242,7 @@ impl Session {
 
     async fn serve_requests(&mut self) -> End {
         loop {
-            if self.server.is_none() {
+            let Stage::Serving(serving) = &mut self.stage else {
                 self.follow_reload();
                 let frame = match self.next_request_unless_closing().await {
                     Ok(Wait::Request(frame)) => frame,
@@ -298,48 +258,37 @@ impl Session {
                     return end;
                 }
                 continue;
-            }
-            let guarded = self.request.as_ref().is_some_and(|r| r.guarded);
-            let started = self.request.as_mut().and_then(|r| r.unrelayed.take());
-            let (request_node, route, lease) = match &self.request {
-                Some(request) => (
-                    request.decision.node,
-                    request.decision.target,
-                    lease_of(&request.decision),
-                ),
-                None => (0, crate::router::Target::Primary, Lease::Any),
             };
-            let Some(server) = self.server.as_mut() else {
-                continue;
-            };
+            let request = &mut serving.request;
+            let decision = request.decision;
             let outcome = Relay {
                 client: &mut self.stream,
                 client_in: &mut self.in_buf,
-                server,
+                server: &mut serving.server,
                 max_message: self.max_message,
                 release_when_idle: self.mode == PoolMode::Transaction,
-                pinned: &mut self.pinned,
-                replayed: match &self.pending_setting {
+                pinned: &mut serving.pinned,
+                replayed: match &serving.pending_setting {
                     Some(PendingSetting::Set(_, sql)) => Some(sql.as_str()),
                     _ => None,
                 },
-                swallow: std::mem::take(&mut self.swallow),
-                guard: guarded.then_some(&mut self.retry_buf),
+                swallow: std::mem::take(&mut serving.swallow),
+                guard: request.guarded.then_some(&mut self.retry_buf),
                 statements: &mut self.statements,
                 registry: &self.shared.registry,
                 router: &self.shared.router,
                 server_out: &mut self.server_out,
-                stats: &self.pools.nodes[request_node].stats,
-                route,
+                stats: &self.pools.nodes[decision.node].stats,
+                route: decision.target,
                 received_before: std::mem::take(&mut self.received),
-                first_checked: std::mem::take(&mut self.first_checked),
-                started,
+                first_checked: std::mem::take(&mut serving.first_checked),
+                started: request.unrelayed.take(),
                 rename_statements: self.mode == PoolMode::Transaction,
-                lease,
+                lease: lease_of(&decision),
             }
             .run()
             .await;
-            if let Some(reason) = self.pinned {
+            if let Some(reason) = serving.pinned {
                 self.cancel.slot.set_pinned(reason);
             }
             match outcome {
@@ -359,17 +308,15 @@ impl Session {
                     }
                 }
                 RelayEnd::Prepare(statement) => {
-                    let Some(server) = self.server.as_mut() else {
-                        continue;
-                    };
-                    match prepared::prepare(
+                    let server = &mut serving.server;
+                    let prepared = prepared::prepare(
                         server,
                         &statement.server_name,
                         &statement.parse,
                         self.max_prepared,
                     )
-                    .await
-                    {
+                    .await;
+                    match prepared {
                         Ok(()) => {}
                         Err(ServerError::Rejected { code, message }) => {
                             // The statement's own error (a syntax error, a
@@ -381,7 +328,7 @@ impl Session {
                             }
                         }
                         Err(error) => {
-                            self.drop_server();
+                            self.drop_server(false);
                             return End::ServerFailed(error.to_string());
                         }
                     }
@@ -390,24 +337,21 @@ impl Session {
                 RelayEnd::ClientGone => return End::Gone,
                 RelayEnd::ClientProtocol(error) => return End::Protocol(error.to_string()),
                 RelayEnd::ServerFailed(error) => {
-                    self.drop_server();
+                    self.drop_server(false);
                     return End::ServerFailed(error.to_string());
                 }
                 RelayEnd::ReadOnlyViolation => {
                     if let Some(sql) = frontend::first_query_text(&self.retry_buf) {
                         self.shared.router.learn_write(sql);
                     }
-                    self.drop_server();
+                    self.drop_server(true);
                     self.rewind_for_retry();
                 }
                 RelayEnd::FailedBeforeAnswer(error) => {
-                    if let Some(request) = &self.request {
-                        let node = request.decision.node;
-                        self.shared
-                            .topology
-                            .ban(node, &format!("connection failed: {error}"));
-                    }
-                    self.drop_server();
+                    self.shared
+                        .topology
+                        .ban(decision.node, &format!("connection failed: {error}"));
+                    self.drop_server(true);
                     self.rewind_for_retry();
                 }
             }
@@ -415,7 +359,7 @@ impl Session {
     }
 
     /// Puts what a guarded request sent back in front of the client's
-    /// unsent bytes, to be routed again (once).
+    /// unsent bytes, to be routed again (once: see `drop_server`).
     fn rewind_for_retry(&mut self) {
         self.pools
             .stats
@@ -426,14 +370,18 @@ impl Session {
         replay.extend_from_slice(&self.in_buf);
         self.in_buf = replay;
         self.retry_buf.clear();
-        self.retrying = true;
     }
 
     /// A transaction ended on its server connection: account for it,
     /// advance read-your-writes, and give the connection back.
     async fn finish_request(&mut self) {
-        let Some(request) = self.request.take() else {
-            self.release();
+        let Some(Serving {
+            mut server,
+            request,
+            pending_setting,
+            ..
+        }) = self.stage.stop_serving(false)
+        else {
             return;
         };
         self.shared
@@ -442,7 +390,7 @@ impl Session {
         if request.decision.may_write {
             self.record_write();
         }
-        if let (Some(pending), Some(server)) = (self.pending_setting.take(), self.server.as_mut()) {
+        if let Some(pending) = pending_setting {
             if server.state.errors() == request.errors_before {
                 match pending {
                     PendingSetting::Set(name, sql) => {
@@ -457,13 +405,11 @@ impl Session {
                 }
             }
         }
-        if let Some(server) = self.server.as_mut() {
-            if let Err(error) = prepared::evict(server, self.max_prepared).await {
-                tracing::warn!(%error, "cannot close prepared statements");
-                server.mark_broken();
-            }
+        if let Err(error) = prepared::evict(&mut server, self.max_prepared).await {
+            tracing::warn!(%error, "cannot close prepared statements");
+            server.mark_broken();
         }
-        self.release();
+        self.give_back(server);
     }
 
     /// After a transaction that may have written: read-your-writes
@@ -506,7 +452,7 @@ impl Session {
     /// sent nothing for a while (see `ClientRegistry::sweep`), its buffers
     /// given back.
     async fn next_request_unless_closing(&mut self) -> Result<Wait, ClientError> {
-        let between_transactions = !self.transaction.is_open();
+        let between_transactions = !self.stage.transaction().is_open();
         if between_transactions && self.control.shutting_down() {
             return Ok(Wait::Closing);
         }
@@ -600,7 +546,7 @@ impl Session {
 
     /// Ends a locally answered request with ReadyForQuery.
     async fn answer_ready(&mut self, mut out: BytesMut) -> Result<(), End> {
-        backend::ready_for_query(&mut out, self.transaction.status());
+        backend::ready_for_query(&mut out, self.stage.transaction().status());
         self.write(&out).await
     }
 
@@ -608,43 +554,49 @@ impl Session {
         self.stream.write_all(bytes).await.map_err(|_| End::Gone)
     }
 
-    fn release(&mut self) {
+    fn give_back(&mut self, server: PooledServer) {
         self.cancel.slot.set(None, None);
         self.cancel.slot.set_state(ClientState::Idle);
-        if let Some(server) = self.server.take() {
-            Pool::release(server);
-        }
+        Pool::release(server);
     }
 
     /// Closes the held server connection: it failed or may hold the
-    /// leftovers of a request that is being run elsewhere.
-    fn drop_server(&mut self) {
-        if let Some(request) = self.request.take() {
+    /// leftovers of a request that is being run elsewhere (`retry`: the
+    /// request is run again, once, and not guarded the second time).
+    fn drop_server(&mut self, retry: bool) {
+        if let Some(Serving {
+            mut server,
+            request,
+            ..
+        }) = self.stage.stop_serving(retry)
+        {
             self.shared
                 .router
                 .finished(request.decision.node, request.started);
-        }
-        if let Some(server) = self.server.as_mut() {
             server.mark_broken();
+            self.give_back(server);
         }
-        self.release();
     }
 
     /// Gives back the server connection of a client that has gone: rolled
     /// back and, in session mode, reset; closed when that is not possible.
     async fn cleanup(&mut self) {
         self.cancel.slot.set(None, None);
-        if let Some(request) = self.request.take() {
-            self.shared
-                .router
-                .finished(request.decision.node, request.started);
-        }
-        let Some(mut server) = self.server.take() else {
+        let Some(Serving {
+            mut server,
+            request,
+            pinned,
+            ..
+        }) = self.stage.stop_serving(false)
+        else {
             return;
         };
+        self.shared
+            .router
+            .finished(request.decision.node, request.started);
         // A pinned client left session state on its connection: it is
         // reset like a session-mode connection before anyone else gets it.
-        let reset_query = match (self.mode, self.pinned) {
+        let reset_query = match (self.mode, pinned) {
             (PoolMode::Session, _) | (_, Some(_)) => Some(server_reset_query(&self.pools)),
             (PoolMode::Transaction, None) => None,
         };
@@ -676,10 +628,10 @@ impl Session {
 
 /// What else a server connection checked out for this decision may run.
 fn lease_of(decision: &Decision) -> Lease {
-    if decision.target == Target::Replica && decision.reason == Reason::Read {
-        Lease::Reads
-    } else {
-        Lease::Any
+    match (decision.target, decision.reason) {
+        (Target::Replica, Reason::Read) => Lease::Reads,
+        (Target::Primary, Reason::Write(_) | Reason::WriteFunction) => Lease::Writes,
+        _ => Lease::Any,
     }
 }
 
