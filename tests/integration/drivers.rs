@@ -28,7 +28,7 @@ fn python(args: &[&str]) -> std::io::Result<Output> {
 }
 
 /// Panics (test failure, not a skip) unless `python3` can import `module`.
-fn require_module(module: &str) {
+pub(crate) fn require_module(module: &str) {
     match python(&["-c", &format!("import {module}")]) {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
@@ -56,13 +56,26 @@ async fn run_driver_script(module: &str, script: &str) {
         .build();
     let router = Pgrouter::start(&config);
     let url = router.url("app", APP_PASSWORD, &db);
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "drivers", script]
+    run_python_script(script, vec![url], &router).await;
+}
+
+/// The path of `tests/drivers/<file>`.
+pub(crate) fn driver_path(file: &str) -> String {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "drivers", file]
         .iter()
         .collect();
-    let path = path.to_string_lossy().into_owned();
+    path.to_string_lossy().into_owned()
+}
 
+/// Runs `python3 tests/drivers/<script> <args...>` (on a blocking thread)
+/// and fails with the script's output unless it exits 0; `router` is the
+/// pgrouter it talks to, named in the failure.
+pub(crate) async fn run_python_script(script: &str, args: Vec<String>, router: &Pgrouter) {
+    let path = driver_path(script);
     let out = tokio::task::spawn_blocking(move || {
-        python(&[&path, &url]).unwrap_or_else(|e| panic!("running python3 {path}: {e}"))
+        let mut argv = vec![path.as_str()];
+        argv.extend(args.iter().map(String::as_str));
+        python(&argv).unwrap_or_else(|e| panic!("running python3 {path}: {e}"))
     })
     .await
     .expect("driver script thread panicked");

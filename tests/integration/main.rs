@@ -17,6 +17,7 @@ mod metrics;
 mod pooling;
 mod prepared;
 mod queries;
+mod request_drivers;
 mod routing;
 mod routing_lag;
 mod session_state;
