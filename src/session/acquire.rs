@@ -7,6 +7,7 @@ use super::serve::{End, Session};
 use super::settings;
 use super::stage::{PendingSetting, Request, Serving, Stage};
 use super::transaction::LocalTransaction;
+use crate::client::ClientError;
 use crate::clients::ClientState;
 use crate::config::{Pinning, PoolMode, Route};
 use crate::pool::CheckoutError;
@@ -33,6 +34,17 @@ impl Session {
     pub(super) async fn acquire(&mut self, first: Frame) -> Result<(), End> {
         if self.stage.transaction().is_failed() && first.tag == frontend::QUERY {
             return self.answer_failed_transaction(first).await;
+        }
+        if first.tag != frontend::QUERY
+            && self.mode == PoolMode::Transaction
+            && self.router().splits()
+        {
+            // Every statement of the request decides where it runs.
+            match self.read_request().await {
+                Ok(()) => {}
+                Err(ClientError::Protocol(error)) => return Err(End::Protocol(error.to_string())),
+                Err(_) => return Err(End::Gone),
+            }
         }
         let Look {
             explain,

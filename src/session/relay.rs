@@ -106,10 +106,11 @@ enum Split {
 /// See `Relay::next_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NextRequest {
-    /// Whole, and it only reads.
+    /// Whole (through its Sync, or a Flush the client may wait at), and
+    /// it only reads.
     Reads,
     /// Not whole yet; what has arrived only reads.
-    ReadsSoFar,
+    Incomplete,
     /// A statement of it may write.
     MayWrite,
 }
@@ -445,6 +446,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
     /// session to route at a request boundary; inside a batch, the
     /// statement that may write is. Only read leases pay for this look.
     fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
+        let state = &self.server.state;
+        if state.at_rest() && !state.is_idle() {
+            // Inside a transaction every request belongs here, whatever it
+            // does, as on PostgreSQL.
+            p.first_request = false;
+            return true;
+        }
         match self.lease {
             Lease::Any => return true,
             Lease::Writes => {
@@ -471,9 +479,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                 }
                 return true;
             }
-            if self.next_request(p) == NextRequest::MayWrite {
-                p.split = Split::BeforeRequest;
-                return false;
+            match self.next_request(p) {
+                NextRequest::MayWrite => {
+                    p.split = Split::BeforeRequest;
+                    return false;
+                }
+                // Wait for the rest, so that a batch whose write is on its
+                // way runs whole on the primary (the session waits alike).
+                NextRequest::Incomplete
+                    if self.client_in.len() - p.framed < super::serve::REQUEST_LOOKAHEAD =>
+                {
+                    return false;
+                }
+                _ => {}
             }
         }
         p.first_request = false;
@@ -492,7 +510,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
     }
 
     /// What the request at the front of the unframed bytes does, as far
-    /// as it has arrived.
+    /// as it has arrived (a Flush ends it: the client may wait there).
     fn next_request(&self, p: &Progress) -> NextRequest {
         let mut unnamed = p.unnamed_reads;
         let mut rest = &self.client_in[p.framed..];
@@ -500,12 +518,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             if !self.message_reads(&rest[..next.len], &mut unnamed) {
                 return NextRequest::MayWrite;
             }
-            if matches!(next.tag, frontend::SYNC | frontend::QUERY) {
+            if matches!(next.tag, frontend::SYNC | frontend::QUERY | frontend::FLUSH) {
                 return NextRequest::Reads;
             }
             rest = &rest[next.len..];
         }
-        NextRequest::ReadsSoFar
+        NextRequest::Incomplete
     }
 
     /// Whether one client message only reads. `unnamed`: whether the
@@ -771,3 +789,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;

@@ -25,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const READ_CHUNK: usize = 8 * 1024;
+/// How much of an unfinished extended-protocol request is read before it
+/// is routed by what has arrived (see `read_request`).
+pub(super) const REQUEST_LOOKAHEAD: usize = 256 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -481,20 +484,54 @@ impl Session {
             if let Some(frame) = frontend::session_frame(&self.in_buf, self.max_message)? {
                 return Ok(frame);
             }
-            self.stream.readable().await?;
-            let want = match frontend::declared_len(&self.in_buf, self.max_message)? {
-                Some(len) => len.saturating_sub(self.in_buf.len()).max(READ_CHUNK),
-                None => READ_CHUNK,
-            };
-            self.in_buf.reserve(want);
-            // read_buf, not try_read_buf: a short read tells tokio the
-            // socket is drained, which saves the relay a read that would
-            // only say WouldBlock (one syscall per transaction).
-            match self.stream.read_buf(&mut self.in_buf).await {
-                Ok(0) => return Err(ClientError::Closed),
-                Ok(n) => self.received += n as u64,
-                Err(error) => return Err(error.into()),
+            self.read_more(0).await?;
+        }
+    }
+
+    /// Waits until the extended-protocol request at the front of the
+    /// client's buffer has arrived through its Sync, or through a Flush
+    /// (the client may wait for replies there), or has filled
+    /// `REQUEST_LOOKAHEAD`: routing judges what has arrived, and a batch
+    /// whose write is still on its way would be split.
+    pub(super) async fn read_request(&mut self) -> Result<(), ClientError> {
+        loop {
+            let mut at = 0;
+            while let Some(frame) = frontend::session_frame(&self.in_buf[at..], self.max_message)? {
+                at += frame.len;
+                if matches!(
+                    frame.tag,
+                    frontend::SYNC | frontend::FLUSH | frontend::QUERY | frontend::TERMINATE
+                ) {
+                    return Ok(());
+                }
             }
+            if self.in_buf.len() >= REQUEST_LOOKAHEAD {
+                return Ok(());
+            }
+            self.read_more(at).await?;
+        }
+    }
+
+    /// Reads what the client sent next; `at`: where the first message not
+    /// yet whole starts, for room to be made for all of it.
+    async fn read_more(&mut self, at: usize) -> Result<(), ClientError> {
+        self.stream.readable().await?;
+        let partial = &self.in_buf[at..];
+        let want = match frontend::declared_len(partial, self.max_message)? {
+            Some(len) => len.saturating_sub(partial.len()).max(READ_CHUNK),
+            None => READ_CHUNK,
+        };
+        self.in_buf.reserve(want);
+        // read_buf, not try_read_buf: a short read tells tokio the
+        // socket is drained, which saves the relay a read that would
+        // only say WouldBlock (one syscall per transaction).
+        match self.stream.read_buf(&mut self.in_buf).await {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(n) => {
+                self.received += n as u64;
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
         }
     }
 
