@@ -388,6 +388,56 @@ impl Msg {
     }
 }
 
+impl Msg {
+    /// A rendering for comparing reply streams: exact, except that an
+    /// ErrorResponse or NoticeResponse is its severity, SQLSTATE and
+    /// message (not its position, file, line or routine), and a
+    /// RowDescription's table OIDs are masked (the same table has another
+    /// OID in another database).
+    pub fn canonical(&self) -> String {
+        match self.tag {
+            b'E' | b'N' => self.describe(),
+            b'T' if self.body.len() >= 2 => {
+                let count = self.i16_at(0).max(0) as usize;
+                let mut body = self.body.clone();
+                let mut at = 2;
+                for _ in 0..count {
+                    let Some(nul) = body[at..].iter().position(|&b| b == 0) else {
+                        break;
+                    };
+                    at += nul + 1;
+                    if at + 18 > body.len() {
+                        break;
+                    }
+                    body[at..at + 4].copy_from_slice(&[0; 4]);
+                    at += 18;
+                }
+                format!("T({})", escape(&body))
+            }
+            b'D' if self.body.len() >= 2 => format!(
+                "D[{}]",
+                self.raw_columns()
+                    .iter()
+                    .map(|c| c
+                        .as_ref()
+                        .map_or("NULL".into(), |b| format!("'{}'", escape(b))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => self.describe(),
+        }
+    }
+}
+
+/// The messages worth comparing with another server's, as
+/// [`Msg::canonical`]: ParameterStatus and BackendKeyData left out.
+pub fn comparable(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| !matches!(m.tag, b'S' | b'K'))
+        .map(Msg::canonical)
+        .collect()
+}
+
 /// Bytes as text, non-printable ones escaped.
 pub fn escape(bytes: &[u8]) -> String {
     bytes
@@ -596,6 +646,27 @@ impl Conn {
                 Err(e) => return (msgs, Err(e)),
             }
         }
+    }
+
+    /// Reads messages through the `n`th ReadyForQuery, waiting at most
+    /// `within` in all; returns what arrived and why it stopped short, if
+    /// it did.
+    pub async fn try_read_readies(
+        &mut self,
+        n: usize,
+        within: Duration,
+    ) -> (Vec<Msg>, Result<(), ReadError>) {
+        let until = Instant::now() + within;
+        let mut msgs = Vec::new();
+        for _ in 0..n {
+            let left = until.saturating_duration_since(Instant::now());
+            let (more, result) = self.try_read_through_ready(left).await;
+            msgs.extend(more);
+            if result.is_err() {
+                return (msgs, result);
+            }
+        }
+        (msgs, Ok(()))
     }
 
     /// Reads messages up to and including ReadyForQuery, ErrorResponses

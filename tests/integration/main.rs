@@ -17,6 +17,7 @@ mod metrics;
 mod pooling;
 mod prepared;
 mod queries;
+mod requests;
 mod routing;
 mod routing_lag;
 mod session_state;
