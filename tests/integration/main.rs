@@ -10,6 +10,7 @@ mod cancel;
 mod cli;
 mod demo;
 mod deploy;
+mod differential;
 mod drivers;
 mod harness;
 mod lifecycle;
