@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod pgrouter;
 pub mod wait;
+pub mod wire;
 
 pub use cluster::{Cluster, NodeInfo};
 pub use config::RouterConfig;
