@@ -65,7 +65,7 @@ pub fn past_ready_for_query(buf: &[u8], mut from: usize) -> Option<usize> {
 /// Tag and length of the whole message at `at`, if all of it is in `buf`.
 /// A length below four is taken as one that never completes: the streaming
 /// scanner reports such a server as broken.
-fn whole_message(buf: &[u8], at: usize) -> Option<(u8, usize)> {
+pub fn whole_message(buf: &[u8], at: usize) -> Option<(u8, usize)> {
     if buf.len() < at + HEADER_LEN {
         return None;
     }

@@ -7,6 +7,7 @@ pub const AUTHENTICATION: u8 = b'R';
 pub const PARAMETER_STATUS: u8 = b'S';
 pub const BACKEND_KEY_DATA: u8 = b'K';
 pub const READY_FOR_QUERY: u8 = b'Z';
+pub const PARSE_COMPLETE: u8 = b'1';
 pub const ERROR_RESPONSE: u8 = b'E';
 pub const COPY_IN_RESPONSE: u8 = b'G';
 pub const COPY_OUT_RESPONSE: u8 = b'H';

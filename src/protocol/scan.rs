@@ -6,7 +6,8 @@
 //! server connection.
 
 use super::backend::{
-    COPY_BOTH_RESPONSE, COPY_IN_RESPONSE, COPY_OUT_RESPONSE, ERROR_RESPONSE, READY_FOR_QUERY,
+    COPY_BOTH_RESPONSE, COPY_IN_RESPONSE, COPY_OUT_RESPONSE, ERROR_RESPONSE, PARSE_COMPLETE,
+    READY_FOR_QUERY,
 };
 use super::{ProtocolError, HEADER_LEN};
 
@@ -17,6 +18,7 @@ pub enum Reply {
     CopyIn,
     CopyOut,
     CopyBoth,
+    ParseComplete,
     /// An ErrorResponse, with its SQLSTATE when it came early in the body
     /// (PostgreSQL puts it third), else zeros.
     Error([u8; 5]),
@@ -105,6 +107,7 @@ impl ReplyScanner {
                         what: "ReadyForQuery",
                     })
                 }
+                PARSE_COMPLETE => report(Reply::ParseComplete),
                 COPY_IN_RESPONSE => report(Reply::CopyIn),
                 COPY_OUT_RESPONSE => report(Reply::CopyOut),
                 COPY_BOTH_RESPONSE => report(Reply::CopyBoth),
@@ -123,7 +126,8 @@ mod tests {
     use crate::protocol::test_message as message;
 
     fn stream() -> Vec<u8> {
-        let mut bytes = message(b'T', &[0; 30]);
+        let mut bytes = message(b'1', b"");
+        bytes.extend(message(b'T', &[0; 30]));
         bytes.extend(message(b'D', &[7; 1000]));
         bytes.extend(message(b'C', b"SELECT 1\0"));
         bytes.extend(message(b'Z', b"T"));
@@ -135,6 +139,7 @@ mod tests {
 
     fn expected() -> Vec<Reply> {
         vec![
+            Reply::ParseComplete,
             Reply::ReadyForQuery(b'T'),
             Reply::CopyIn,
             Reply::Error(*b"42P01"),

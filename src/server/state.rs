@@ -27,9 +27,21 @@ pub struct ServerState {
     errors: u32,
     /// An ErrorResponse came since the last ReadyForQuery.
     failing: bool,
+    /// Parse messages sent whose ParseComplete has not come yet and still
+    /// may (an error makes PostgreSQL skip the rest of the batch).
+    parses_owed: u32,
+    /// Parse messages sent since the last Sync or Query.
+    batch_parses: u32,
     /// The batch the last ReadyForQuery ended had an error: PostgreSQL
     /// skipped the rest of it.
     last_batch_failed: bool,
+}
+
+/// See `ServerState::parse_position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParsePosition {
+    After { readies: u32, parses: u32 },
+    Skipped,
 }
 
 impl Default for ServerState {
@@ -42,6 +54,8 @@ impl Default for ServerState {
             stale_plan: false,
             errors: 0,
             failing: false,
+            parses_owed: 0,
+            batch_parses: 0,
             last_batch_failed: false,
             transaction_status: STATUS_IDLE,
         }
@@ -54,10 +68,12 @@ impl ServerState {
         match tag {
             frontend::QUERY | frontend::FUNCTION_CALL => {
                 self.ready_owed += 1;
+                self.batch_parses = 0;
                 self.syncs_since_execute = 0;
             }
             frontend::SYNC => {
                 self.ready_owed += 1;
+                self.batch_parses = 0;
                 self.batch_open = false;
                 self.syncs_since_execute += 1;
             }
@@ -70,11 +86,14 @@ impl ServerState {
                 self.ready_owed = self.ready_owed.saturating_sub(self.syncs_since_execute);
                 self.syncs_since_execute = 0;
             }
-            frontend::PARSE
-            | frontend::BIND
-            | frontend::DESCRIBE
-            | frontend::CLOSE
-            | frontend::FLUSH => self.batch_open = true,
+            frontend::PARSE => {
+                self.batch_open = true;
+                self.parses_owed += 1;
+                self.batch_parses += 1;
+            }
+            frontend::BIND | frontend::DESCRIBE | frontend::CLOSE | frontend::FLUSH => {
+                self.batch_open = true
+            }
             _ => {}
         }
     }
@@ -87,11 +106,14 @@ impl ServerState {
                 self.transaction_status = status;
                 self.copy_in = false;
                 self.last_batch_failed = std::mem::take(&mut self.failing);
+                self.parses_owed = 0;
             }
             Reply::CopyIn => self.copy_in = true,
+            Reply::ParseComplete => self.parses_owed = self.parses_owed.saturating_sub(1),
             Reply::Error(code) => {
                 self.errors = self.errors.wrapping_add(1);
                 self.failing = true;
+                self.parses_owed = 0;
                 self.stale_plan |= &code == b"0A000";
             }
             _ => {}
@@ -105,6 +127,27 @@ impl ServerState {
     /// Whether a stale cached plan was reported since the last call.
     pub fn take_stale_plan(&mut self) -> bool {
         std::mem::take(&mut self.stale_plan)
+    }
+
+    /// Where a Parse sent now stands in the reply stream: the
+    /// ReadyForQuerys still to come before its batch's replies, the
+    /// ParseCompletes to come in its batch before its own, and whether
+    /// its batch has already failed (then PostgreSQL skips it).
+    pub fn parse_position(&self) -> ParsePosition {
+        if self.ready_owed > 0 {
+            // Nothing of the open batch has been answered yet.
+            ParsePosition::After {
+                readies: self.ready_owed,
+                parses: self.batch_parses,
+            }
+        } else if self.failing {
+            ParsePosition::Skipped
+        } else {
+            ParsePosition::After {
+                readies: 0,
+                parses: self.parses_owed,
+            }
+        }
     }
 
     /// Whether the batch the last ReadyForQuery ended had an error.

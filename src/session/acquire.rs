@@ -339,6 +339,7 @@ impl Session {
                         pending_setting,
                         first_checked: false,
                         pinned: None,
+                        wrote: decision.may_write,
                     });
                     return Ok(());
                 }

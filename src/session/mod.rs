@@ -7,6 +7,7 @@
 
 mod acquire;
 mod explain;
+mod inline_parse;
 mod login;
 mod pin;
 mod relay;

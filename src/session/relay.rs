@@ -14,12 +14,13 @@
 //! known not to be a read-only violation, copying what the client sent so
 //! that the session can run it elsewhere.
 
+use super::inline_parse::{InlineParse, Settled};
 use super::pin;
 use crate::prepared::{ClientStatements, Registry, Statement};
 use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
 use crate::protocol::backend::STATUS_IDLE;
 use crate::protocol::extended;
-use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, PARSE, TERMINATE};
+use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, FLUSH, PARSE, TERMINATE};
 use crate::protocol::scan::Reply;
 use crate::protocol::ProtocolError;
 use crate::router::{Router, Target};
@@ -165,6 +166,9 @@ pub struct Relay<'a, C> {
     /// session mode the client's names reach the server untouched.
     pub rename_statements: bool,
     pub lease: Lease,
+    /// Set when a statement that may write is sent (a read lease sends
+    /// none): read-your-writes must then start after this request.
+    pub wrote: &'a mut bool,
 }
 
 struct Progress {
@@ -188,6 +192,10 @@ struct Progress {
     received: u64,
     sent: u64,
     split: Split,
+    /// A statement prepared inside the client's batch (see `InlineParse`).
+    inline: InlineParse,
+    /// pgrouter flushed the server to settle that one before another.
+    inline_flushed: bool,
     /// On a read lease: the unnamed statement last parsed reads.
     unnamed_reads: bool,
     /// The request the session routed has not been looked at again.
@@ -208,6 +216,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             received: self.received_before,
             sent: 0,
             split: Split::No,
+            inline: InlineParse::default(),
+            inline_flushed: false,
             // Parsed before this lease, perhaps by another client.
             unnamed_reads: false,
             first_request: true,
@@ -301,7 +311,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             // While pgrouter's ReadyForQuery may be at the tail, it stays.
             let deliverable = match p.split {
                 Split::CutReady => replies.len().saturating_sub(READY_FOR_QUERY_LEN),
-                _ => replies.len(),
+                _ => p.inline.deliverable(replies.len()),
             };
             if !holding && p.written < deliverable {
                 match Pin::new(&mut *self.client).poll_write(cx, &replies[p.written..deliverable]) {
@@ -314,6 +324,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                         moved = true;
                         if p.written == replies.len() {
                             replies.clear();
+                            p.inline.advanced(p.written);
                             p.written = 0;
                         }
                     }
@@ -372,7 +383,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
 
             // Cutting keeps a ReadyForQuery's worth of replies back, and
             // the rest of the answer is still to be read.
-            if self.server.read_buf.is_empty() || holding || p.split == Split::CutReady {
+            let partly_held = p.split == Split::CutReady || p.inline.is_pending();
+            if self.server.read_buf.is_empty() || holding || partly_held {
                 match self.poll_server_read(cx) {
                     Poll::Ready(Ok(())) => {
                         moved = true;
@@ -565,7 +577,18 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         while self.swallow > 0 {
             let end = past_ready_for_query(replies, 0)?;
             replies.advance(end);
+            p.inline.advanced(end);
             self.swallow -= 1;
+        }
+        if p.inline.is_pending() {
+            match p.inline.settle(replies, &mut p.judged) {
+                Settled::Pending => {}
+                Settled::Done => p.inline_flushed = false,
+                Settled::Skipped(name) => {
+                    p.inline_flushed = false;
+                    self.server.statements.forget(&name);
+                }
+            }
         }
         if self.guard.is_some() {
             let (verdict, at) = judge(replies, p.judged);
@@ -613,6 +636,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             }
             if p.split != Split::No || !self.check_lease(frame, p) {
                 return Ok(());
+            }
+            if !*self.wrote && self.lease != Lease::Reads {
+                let message = &self.client_in[p.framed..p.framed + frame.len];
+                *self.wrote = !self.message_reads(message, &mut p.unnamed_reads);
             }
             let named = self.rename_statements
                 && matches!(frame.tag, PARSE | BIND | DESCRIBE | CLOSE)
@@ -736,19 +763,38 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                     self.server_out.extend_from_slice(message);
                     return Ok(true);
                 };
-                if !held.contains(&statement.server_name) {
-                    if !self.server.state.at_rest() {
-                        // Inside an open batch there is no quiet moment to
-                        // prepare in: it goes along (the client sees one
-                        // more ParseComplete).
-                        self.server_out.extend_from_slice(&statement.parse);
-                        self.server.state.on_client_message(PARSE);
-                    } else {
+                // A statement whose Parse may yet be skipped is used only
+                // once that is known.
+                let unsettled = p.inline.is_pending_for(&statement.server_name);
+                if unsettled || !held.contains(&statement.server_name) {
+                    let at_rest = self.server.state.at_rest();
+                    if p.inline.is_pending() {
+                        // One at a time: have the server answer the last.
+                        if !at_rest && !std::mem::replace(&mut p.inline_flushed, true) {
+                            self.server_out.extend_from_slice(&[FLUSH, 0, 0, 0, 4]);
+                            self.server.state.on_client_message(FLUSH);
+                        }
+                        return Ok(false);
+                    }
+                    if at_rest {
                         p.prepare = Some(statement);
                         return Ok(false);
                     }
+                    // Inside an open batch there is no quiet moment to
+                    // prepare in: it goes along, and its ParseComplete is
+                    // cut (see `InlineParse`).
+                    let position = self.server.state.parse_position();
+                    let received = self.server.read_buf.len();
+                    if p.inline
+                        .push(statement.server_name.clone(), position, received)
+                    {
+                        self.server_out.extend_from_slice(&statement.parse);
+                        self.server.state.on_client_message(PARSE);
+                        self.server.statements.touch(&statement.server_name);
+                    }
+                } else {
+                    self.server.statements.touch(&statement.server_name);
                 }
-                self.server.statements.touch(&statement.server_name);
                 extended::rename_statement(self.server_out, message, &statement.server_name)?;
                 if frame.tag == BIND {
                     p.last_bound = Some(statement);

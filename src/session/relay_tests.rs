@@ -27,6 +27,7 @@ struct Parts {
     client_in: BytesMut,
     server_out: BytesMut,
     pinned: Option<&'static str>,
+    wrote: bool,
 }
 
 /// The two ends a test plays: the application and PostgreSQL.
@@ -64,6 +65,7 @@ async fn rig() -> (Parts, Peers) {
         client_in: BytesMut::new(),
         server_out: BytesMut::new(),
         pinned: None,
+        wrote: false,
     };
     let backend = accepted.expect("accept").0;
     (parts, Peers { app, backend })
@@ -92,6 +94,7 @@ impl Parts {
             started: None,
             rename_statements: true,
             lease,
+            wrote: &mut self.wrote,
         }
     }
 }
@@ -225,6 +228,10 @@ async fn any_lease_runs_everything_pipelined() {
     let (end, ()) = tokio::join!(parts.relay(Lease::Any).run(), backend);
     assert!(matches!(end, RelayEnd::Released), "{end:?}");
     assert!(parts.client_in.is_empty());
+    assert!(
+        parts.wrote,
+        "the pipelined write counts for read-your-writes"
+    );
 }
 
 /// A write that arrives after the client flushed part of a batch to a

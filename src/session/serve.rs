@@ -288,6 +288,7 @@ impl Session {
                 started: request.unrelayed.take(),
                 rename_statements: self.mode == PoolMode::Transaction,
                 lease: lease_of(&decision),
+                wrote: &mut serving.wrote,
             }
             .run()
             .await;
@@ -382,6 +383,7 @@ impl Session {
             mut server,
             request,
             pending_setting,
+            wrote,
             ..
         }) = self.stage.stop_serving(false)
         else {
@@ -390,7 +392,7 @@ impl Session {
         self.shared
             .router
             .finished(request.decision.node, request.started);
-        if request.decision.may_write {
+        if wrote {
             self.record_write();
         }
         if let Some(pending) = pending_setting {

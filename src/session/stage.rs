@@ -41,6 +41,9 @@ pub(super) struct Serving {
     pub first_checked: bool,
     /// Why the client keeps this connection until it disconnects.
     pub pinned: Option<&'static str>,
+    /// What ran may have written: read-your-writes starts from its end.
+    /// The decision's word, or a statement pipelined behind it that may.
+    pub wrote: bool,
 }
 
 pub(super) struct Request {
