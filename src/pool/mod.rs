@@ -59,7 +59,14 @@ pub struct Pool {
     inner: deadpool::managed::Pool<ServerManager>,
     /// A newer configuration replaced this pool: its upkeep stops.
     retired: AtomicBool,
+    /// Client settings (startup parameters, as one query) a server of
+    /// this pool accepted: a client logging in with them is not checked
+    /// again. Bounded: cleared when full.
+    validated: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
 }
+
+/// Distinct validated settings remembered per pool.
+const MAX_VALIDATED_SETTINGS: usize = 1024;
 
 struct PoolSpec<'a> {
     node: &'a NodeConfig,
@@ -101,6 +108,7 @@ impl Pool {
                 settings,
                 stats,
                 inner: previous.inner.clone(),
+                validated: Default::default(),
                 retired: AtomicBool::new(false),
             };
         }
@@ -123,7 +131,21 @@ impl Pool {
             stats,
             inner,
             retired: AtomicBool::new(false),
+            validated: Default::default(),
         }
+    }
+
+    /// Whether a server of this pool accepted these client settings.
+    pub fn settings_validated(&self, settings: &Arc<str>) -> bool {
+        self.validated.lock().contains(settings)
+    }
+
+    pub fn settings_accepted(&self, settings: &Arc<str>) {
+        let mut validated = self.validated.lock();
+        if validated.len() >= MAX_VALIDATED_SETTINGS {
+            validated.clear();
+        }
+        validated.insert(settings.clone());
     }
 
     /// A server connection for one transaction or session, waiting in FIFO

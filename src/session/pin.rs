@@ -23,18 +23,36 @@ pub enum SessionEffect {
 
 /// What a statement of this classification and text does to the session.
 pub fn effect(class: &Classification, sql: Option<&str>) -> SessionEffect {
-    match class.kind {
-        Kind::SessionState("discard") => SessionEffect::Discard,
-        Kind::SessionState("deallocate") => SessionEffect::Deallocate,
-        Kind::SessionState("reset") => SessionEffect::Reset,
+    // Alone, a statement's own effect; among others (`SET ...; INSERT`),
+    // any change to the session pins.
+    let alone = class.statements <= 1;
+    if class.kind == Kind::Unparsable && sql.is_some_and(|sql| may_change_session(sql.as_bytes())) {
+        // Fail closed: what cannot be read may change anything, even who
+        // the session is (`set Role to x` is PostgreSQL, not sqlparser).
+        return SessionEffect::Pin("unparsable");
+    }
+    match class.session_state() {
+        Some("discard") if alone => SessionEffect::Discard,
+        Some("deallocate") if alone => SessionEffect::Deallocate,
+        Some("reset") if alone => SessionEffect::Reset,
         // UNLISTEN and EXECUTE only touch state that already pinned.
-        Kind::SessionState("unlisten" | "execute") => SessionEffect::None,
+        Some("unlisten" | "execute") => SessionEffect::None,
         // Releasing advisory locks (as connection pools do on every
         // release) holds nothing.
-        Kind::SessionState("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
-        Kind::SessionState(what) => SessionEffect::Pin(what),
-        _ => SessionEffect::None,
+        Some("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
+        Some(what) => SessionEffect::Pin(what),
+        None => SessionEffect::None,
     }
+}
+
+/// Whether a pin's reason changes who the session is (its role or
+/// session user): such a connection is closed when its client leaves,
+/// never reset and handed on, since a reset query need not undo it.
+pub fn changes_identity(reason: &str) -> bool {
+    matches!(
+        reason,
+        "set role" | "set session authorization" | "set_config" | "startup role" | "unparsable"
+    )
 }
 
 /// Whether every advisory-lock function a text calls is an unlock.
@@ -49,6 +67,34 @@ pub fn deallocates_all(sql: &str) -> bool {
     sql.split(|c: char| c.is_whitespace() || c == ';')
         .rfind(|w| !w.is_empty())
         .is_some_and(|w| w.eq_ignore_ascii_case("all"))
+}
+
+/// The statement a `DEALLOCATE [PREPARE] name` drops, as PostgreSQL folds
+/// its name; `None` for `DEALLOCATE ALL` and anything else.
+pub fn deallocated(sql: &str) -> Option<String> {
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let name = match words.as_slice() {
+        [deallocate, name] if deallocate.eq_ignore_ascii_case("deallocate") => name,
+        [deallocate, prepare, name]
+            if deallocate.eq_ignore_ascii_case("deallocate")
+                && prepare.eq_ignore_ascii_case("prepare") =>
+        {
+            name
+        }
+        _ => return None,
+    };
+    if name.eq_ignore_ascii_case("all") {
+        return None;
+    }
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.to_owned(),
+            None => name.to_lowercase(),
+        },
+    )
 }
 
 /// Whether a SQL text may change session state, judged from its words
@@ -154,5 +200,10 @@ mod tests {
         assert_eq!(of("RESET ALL"), SessionEffect::Reset);
         assert_eq!(of("SELECT 1"), SessionEffect::None);
         assert_eq!(of("SET LOCAL work_mem = '1MB'"), SessionEffect::None);
+        assert_eq!(of("set Role to tenant"), SessionEffect::Pin("unparsable"));
+        assert_eq!(
+            of("SET work_mem = '3MB'; INSERT INTO t VALUES (1)"),
+            SessionEffect::Pin("set")
+        );
     }
 }

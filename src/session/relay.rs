@@ -577,7 +577,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         while self.swallow > 0 {
             let end = past_ready_for_query(replies, 0)?;
             replies.advance(end);
-            p.inline.advanced(end);
+            p.inline.swallowed_ready(end);
             self.swallow -= 1;
         }
         if p.inline.is_pending() {
@@ -669,8 +669,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                     {
                         self.server.statements.clear();
                     }
-                    pin::SessionEffect::Deallocate => {}
-                    pin::SessionEffect::Reset => self.server.settings = None,
+                    // The server forgets that statement: so does what
+                    // pgrouter knows of it (a client naming one of
+                    // pgrouter's, say), and it is prepared again when used.
+                    pin::SessionEffect::Deallocate => {
+                        let message = &self.client_in[p.framed..p.framed + frame.len];
+                        if let Some(name) = frontend::query_text(message).and_then(pin::deallocated)
+                        {
+                            self.server.statements.forget(&name);
+                        }
+                    }
+                    pin::SessionEffect::Reset => {
+                        self.server.settings = crate::server::AppliedSettings::Unknown
+                    }
                     pin::SessionEffect::None => {}
                 }
             }
