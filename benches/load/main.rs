@@ -4,7 +4,7 @@
 //!     cargo bench --bench load -- [--quick] [--clients 1,10,100,500]
 //!         [--seconds 10] [--rounds 3] [--pool 20] [--scale N]
 //!         [--workloads select-simple,select-extended,select-prepared,tpcb-simple,tpcb-extended,tpcb-prepared]
-//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline]
+//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline,pgrouter-baseline-routing]
 //!         [--idle 2000]
 //!
 //! Targets run interleaved (A B C, C B A, ...) so that drift hits all alike;
@@ -126,6 +126,18 @@ fn start_targets(cluster: &Cluster, o: &Options) -> Vec<Target> {
                     cluster, name, o.pool, None, &binary,
                 )),
                 Err(_) => eprintln!("pgrouter-baseline needs PGROUTER_BASELINE_BIN: skipped"),
+            },
+            "pgrouter-baseline-routing" => match std::env::var("PGROUTER_BASELINE_BIN") {
+                Ok(binary) => out.push(targets::pgrouter_binary(
+                    cluster,
+                    name,
+                    o.pool,
+                    Some("lsn"),
+                    &binary,
+                )),
+                Err(_) => {
+                    eprintln!("pgrouter-baseline-routing needs PGROUTER_BASELINE_BIN: skipped")
+                }
             },
             "pgbouncer" => match targets::pgbouncer(cluster, o.pool) {
                 Some(target) => out.push(target),

@@ -65,6 +65,10 @@ pub struct Pool {
     validated: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
+/// A reply buffer larger than this is dropped when its connection goes
+/// back to the pool.
+const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
+
 /// Distinct validated settings remembered per pool.
 const MAX_VALIDATED_SETTINGS: usize = 1024;
 
@@ -235,6 +239,11 @@ impl Pool {
     pub fn release(mut server: PooledServer) {
         if server.is_reusable() {
             server.idle_since = Instant::now();
+            // A large reply grew the buffer: an idle connection does not
+            // keep it.
+            if server.read_buf.capacity() > IDLE_BUFFER_LIMIT {
+                server.read_buf = bytes::BytesMut::new();
+            }
         } else {
             drop(Object::take(server));
         }

@@ -33,7 +33,17 @@ fn preliminary(tag: u8) -> bool {
 /// Judges the whole messages in `buf[from..]`. Returns the verdict and the
 /// offset where judging stopped (where to resume once more bytes arrive).
 pub fn judge(buf: &[u8], mut from: usize) -> (Verdict, usize) {
-    while let Some((tag, len)) = whole_message(buf, from) {
+    loop {
+        // The tag decides: a row or a command's end means the statement
+        // ran, whatever its size (a 100 MB row streams at once).
+        if let Some(&tag) = buf.get(from).filter(|&&tag| tag != ERROR_RESPONSE) {
+            if !preliminary(tag) && buf.len() >= from + HEADER_LEN {
+                return (Verdict::Deliver, from);
+            }
+        }
+        let Some((tag, len)) = whole_message(buf, from) else {
+            break;
+        };
         if !preliminary(tag) {
             let code = (tag == ERROR_RESPONSE)
                 .then(|| error_code(&buf[from + HEADER_LEN..from + len]))

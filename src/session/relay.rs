@@ -40,8 +40,21 @@ use tokio_util::io::poll_read_buf;
 /// the server has taken some: bounds memory per client.
 const CLIENT_READ_AHEAD: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-/// A guarded request larger than this is not kept for a retry.
+/// A guarded request larger than this is not kept for a retry, and held
+/// replies past it are delivered (the request is then not retried).
 const GUARD_LIMIT: usize = 1024 * 1024;
+/// Room made at a time for a message still arriving: memory grows with
+/// the bytes that come, not with the length a client declares.
+const MAX_RESERVATION: usize = 256 * 1024;
+
+/// How much room to make for the rest of a message of `declared` bytes of
+/// which `have` have arrived.
+pub(super) fn reservation(declared: usize, have: usize) -> usize {
+    declared
+        .saturating_sub(have)
+        .min(MAX_RESERVATION)
+        .max(READ_CHUNK)
+}
 
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -403,12 +416,22 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                 }
             }
 
-            if !p.terminated && p.framed < CLIENT_READ_AHEAD {
-                let tail = &self.client_in[p.framed..];
-                let want = match frontend::declared_len(tail, self.max_message) {
-                    Ok(Some(len)) => len.saturating_sub(tail.len()).max(READ_CHUNK),
-                    Ok(None) => READ_CHUNK,
-                    Err(error) => return Poll::Ready(RelayEnd::ClientProtocol(error)),
+            // Every byte read from the client and not yet written to the
+            // server counts, rewritten ones included; an unfinished
+            // message may take it past the bound only by itself.
+            let buffered = p.framed + self.server_out.len();
+            let tail = &self.client_in[p.framed..];
+            let declared = match frontend::declared_len(tail, self.max_message) {
+                Ok(declared) => declared,
+                Err(error) => return Poll::Ready(RelayEnd::ClientProtocol(error)),
+            };
+            let unfinished = declared.is_some_and(|len| tail.len() < len);
+            let room =
+                buffered < CLIENT_READ_AHEAD && (tail.len() < CLIENT_READ_AHEAD || unfinished);
+            if !p.terminated && room {
+                let want = match declared {
+                    Some(len) => reservation(len, tail.len()),
+                    None => READ_CHUNK,
                 };
                 self.client_in.reserve(want);
                 match poll_read_buf(Pin::new(&mut *self.client), cx, self.client_in) {
@@ -589,6 +612,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                     self.server.statements.forget(&name);
                 }
             }
+        }
+        if self.guard.is_some() && replies.len() > GUARD_LIMIT {
+            // Held replies are bounded: past the limit they go out, and
+            // the request is no longer retried elsewhere.
+            self.guard = None;
         }
         if self.guard.is_some() {
             let (verdict, at) = judge(replies, p.judged);

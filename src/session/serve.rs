@@ -542,7 +542,7 @@ impl Session {
         self.stream.readable().await?;
         let partial = &self.in_buf[at..];
         let want = match frontend::declared_len(partial, self.max_message)? {
-            Some(len) => len.saturating_sub(partial.len()).max(READ_CHUNK),
+            Some(len) => super::relay::reservation(len, partial.len()),
             None => READ_CHUNK,
         };
         self.in_buf.reserve(want);
