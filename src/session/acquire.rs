@@ -136,7 +136,7 @@ impl Session {
             Ok(decision) => decision,
             Err(error) => {
                 let code = match error {
-                    RouteError::NoPrimary => sqlstate::CONNECTION_FAILURE,
+                    RouteError::NoPrimary | RouteError::Contested => sqlstate::CONNECTION_FAILURE,
                     RouteError::NoReplica => sqlstate::CANNOT_CONNECT_NOW,
                 };
                 return self.reject_request(first, code, &error.to_string()).await;
@@ -370,7 +370,7 @@ impl Session {
                     if let CheckoutError::Server { .. } = error {
                         self.shared
                             .topology
-                            .ban(decision.node, "cannot open a server connection");
+                            .connection_failed(decision.node, "cannot open a server connection");
                         // A read may go to another replica (or the primary).
                         if decision.target == Target::Replica && attempts == 1 {
                             let router = self.shared.router.clone();

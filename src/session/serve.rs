@@ -367,7 +367,7 @@ impl Session {
                 RelayEnd::FailedBeforeAnswer(error) => {
                     self.shared
                         .topology
-                        .ban(decision.node, &format!("connection failed: {error}"));
+                        .connection_failed(decision.node, &format!("connection failed: {error}"));
                     self.drop_server(true);
                     self.rewind_for_retry();
                 }

@@ -12,6 +12,7 @@ mod demo;
 mod deploy;
 mod differential;
 mod drivers;
+mod failover;
 mod harness;
 mod lifecycle;
 mod metrics;
