@@ -13,6 +13,7 @@ mod deploy;
 mod differential;
 mod drivers;
 mod harness;
+mod isolation;
 mod lifecycle;
 mod metrics;
 mod pooling;
