@@ -545,7 +545,9 @@ impl ClientA {
     /// Runs one step through its ReadyForQuery; `Err` for an error the
     /// step may not have, or no ReadyForQuery.
     async fn run(&mut self, step: &Step, key: u64) -> Result<Vec<Msg>, String> {
-        self.conn.send(&step.bytes(key)).await;
+        if let Err(e) = self.conn.try_send(&step.bytes(key)).await {
+            return Err(format!("A's `{step}`: could not send ({e})"));
+        }
         let (msgs, result) = self.conn.try_read_through_ready(READ_DEADLINE).await;
         if let Err(e) = result {
             return Err(format!(
@@ -654,8 +656,8 @@ impl View {
     }
 
     /// A's look at its own session, over the raw connection.
-    async fn fetch_raw(a: &mut ClientA) -> Result<View, String> {
-        let msgs = a.run(&sql(VIEW_SQL), 0).await?;
+    async fn fetch_raw(a: &mut ClientA, hint: &str) -> Result<View, String> {
+        let msgs = a.run(&sql(&format!("{hint}{VIEW_SQL}")), 0).await?;
         let mut view = View {
             port: 0,
             pid: 0,
@@ -811,10 +813,12 @@ impl BStatements {
                             "B's Execute of its named statement returning {value} gave {v} {when}"
                         ))
                     }
-                    Err(e) => return Err(format!(
+                    Err(e) => {
+                        return Err(format!(
                         "B's Execute of its named statement returning {value} failed {when}: {}",
                         pg_error(&e)
-                    )),
+                    ))
+                    }
                 }
             }
         }
@@ -831,9 +835,11 @@ impl BStatements {
 struct Outcome {
     problems: Vec<String>,
     shared: bool,
+    took: Duration,
 }
 
 async fn run_variant(db: &str, case: &Case, routing: Routing, leave: Leave) -> Outcome {
+    let started = Instant::now();
     let router = start_router(db, routing).await;
     let ran = tokio::time::timeout(VARIANT_DEADLINE, variant(&router, db, case, routing, leave));
     let outcome = match ran.await {
@@ -841,10 +847,14 @@ async fn run_variant(db: &str, case: &Case, routing: Routing, leave: Leave) -> O
         Err(_) => Outcome {
             problems: vec![format!("timed out after {VARIANT_DEADLINE:?}")],
             shared: false,
+            took: Duration::ZERO,
         },
     };
     drop(router);
-    outcome
+    Outcome {
+        took: started.elapsed(),
+        ..outcome
+    }
 }
 
 async fn variant(
@@ -859,6 +869,7 @@ async fn variant(
     let fail = |problems: Vec<String>| Outcome {
         problems,
         shared: false,
+        took: Duration::ZERO,
     };
 
     // B first when it holds statements across A's visit.
@@ -894,7 +905,7 @@ async fn variant(
     a.visit_every_node(routing).await;
     match leave {
         Leave::Terminate => {
-            a.conn.send(&wire::terminate()).await;
+            let _ = a.conn.try_send(&wire::terminate()).await;
             if a.conn.try_read_to_eof(READ_DEADLINE).await.is_err() {
                 problems.push("pgrouter kept A's connection open after Terminate".into());
             }
@@ -955,7 +966,11 @@ async fn variant(
             }
         }
     }
-    Outcome { problems, shared }
+    Outcome {
+        problems,
+        shared,
+        took: Duration::ZERO,
+    }
 }
 
 fn parallel() -> usize {
@@ -1016,9 +1031,15 @@ async fn matrix(routing: Routing) {
         .iter()
         .filter(|(_, _, o)| !o.problems.is_empty())
         .collect();
+    let mut slowest: Vec<(Duration, String)> = outcomes
+        .iter()
+        .map(|(case, leave, o)| (o.took, format!("[{}] {leave}", case.name)))
+        .collect();
+    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.truncate(3);
     println!(
         "isolation matrix, routing {routing:?}: {total} variants in {:.1?}, {} failed; \
-         B got a fresh server connection instead of A's in {}: {unshared:?}",
+         B got a fresh server connection instead of A's in {}: {unshared:?}; slowest: {slowest:?}",
         started.elapsed(),
         failed.len(),
         unshared.len()
@@ -1068,7 +1089,7 @@ async fn self_check_each_case_leaves_state_the_look_can_see() {
                     for step in &case.steps {
                         a.run(step, unique_key()).await?;
                     }
-                    let own = View::fetch_raw(&mut a).await?;
+                    let own = View::fetch_raw(&mut a, "").await?;
                     let fresh = look_directly(primary.port, case.user, db).await?;
                     Ok(own.differences(&fresh))
                 }
@@ -1097,6 +1118,106 @@ async fn self_check_each_case_leaves_state_the_look_can_see() {
         }
     }
     assert!(wrong.is_empty(), "self-check:\n  {}", wrong.join("\n  "));
+}
+
+/// The other half of two leaks: the client whose SET pgrouter lost or
+/// replayed wrong must keep its own settings on every server connection it
+/// gets (routing on: the primary and both replicas), as on a direct
+/// connection after the same statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_its_own_settings_on_every_server_connection() {
+    let cluster = Cluster::shared();
+    let primary = cluster.primary();
+    let db = database("iso_own").await;
+    let sequences: Vec<Case> = vec![
+        Case::new(
+            "SET a.b = 1 -- comment; then SET x.y = 2",
+            vec![sql("SET a.b = 1 -- comment"), sql("SET x.y = 2")],
+        ),
+        Case::sql("SET work_mem = '3MB'; INSERT INTO t VALUES (1)"),
+        Case::new(
+            "SET work_mem TO 3000; SET search_path = evil, public; RESET work_mem",
+            vec![
+                sql("SET work_mem TO 3000"),
+                sql("SET search_path = evil, public"),
+                sql("RESET work_mem"),
+            ],
+        ),
+        Case::sql("set WORK_MEM='3MB'"),
+    ];
+    // What the statements above can change.
+    let watched = |view: &View| -> BTreeMap<(String, String), String> {
+        view.state
+            .iter()
+            .filter(|((kind, name), _)| {
+                matches!(kind.as_str(), "current_user" | "custom setting")
+                    || (kind == "setting" && matches!(name.as_str(), "work_mem" | "search_path"))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    for case in &sequences {
+        let router = start_router(&db, Routing::On).await;
+        let mut direct = ClientA::login(&primary.addr(), &db, case)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut through = ClientA::login(&router.addr.to_string(), &db, case)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for step in &case.steps {
+            direct.run(step, 0).await.unwrap_or_else(|e| panic!("{e}"));
+            if let Err(e) = through.run(step, 0).await {
+                problems.push(format!("[{}] {e}", case.name));
+            }
+        }
+        let want = watched(&View::fetch_raw(&mut direct, "").await.unwrap());
+        let mut seen = Vec::new();
+        for hint in [
+            "/* pgrouter: primary */ ",
+            "/* pgrouter: replica */ ",
+            "/* pgrouter: replica */ ",
+        ] {
+            let view = match View::fetch_raw(&mut through, hint).await {
+                Ok(view) => view,
+                Err(e) => {
+                    problems.push(format!("[{}] {e}", case.name));
+                    continue;
+                }
+            };
+            seen.push(node_name(view.port));
+            let have = watched(&view);
+            let own = View {
+                state: have,
+                ..view.clone()
+            };
+            let direct_view = View {
+                state: want.clone(),
+                ..view
+            };
+            for difference in own.differences(&direct_view) {
+                problems.push(format!(
+                    "[{}] on {}: {}",
+                    case.name,
+                    node_name(own.port),
+                    difference.replace("B sees", "A sees").replace(
+                        "a fresh connection",
+                        "a direct connection after the same statements"
+                    )
+                ));
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        if seen.len() < 3 {
+            problems.push(format!("[{}] A's looks reached only {seen:?}", case.name));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a client lost its own settings:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1137,7 +1258,7 @@ async fn a_bad_startup_parameter_is_refused_at_login_as_postgres_refuses_it() {
     if ready {
         // Let in all the same: its requests must not each cost a backend.
         for i in 0..5 {
-            bad.send(&wire::query("SELECT 1")).await;
+            let _ = bad.try_send(&wire::query("SELECT 1")).await;
             let (replies, result) = bad.try_read_through_ready(READ_DEADLINE).await;
             if result.is_err() || i == 0 {
                 problems.push(format!(
