@@ -1035,7 +1035,7 @@ async fn matrix(routing: Routing) {
         .iter()
         .map(|(case, leave, o)| (o.took, format!("[{}] {leave}", case.name)))
         .collect();
-    slowest.sort_by(|a, b| b.0.cmp(&a.0));
+    slowest.sort_by_key(|(took, _)| std::cmp::Reverse(*took));
     slowest.truncate(3);
     println!(
         "isolation matrix, routing {routing:?}: {total} variants in {:.1?}, {} failed; \
