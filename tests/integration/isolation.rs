@@ -2,37 +2,47 @@
 //! clients in turn, and each must find it exactly as a fresh connection
 //! would be.
 //!
-//! Every case runs on a pgrouter of its own with `max_connections = 1`
+//! Every variant runs on a pgrouter of its own with `max_connections = 1`
 //! per pool, so that clients A and B share one server connection per
 //! node, with read/write routing off (the primary alone) and on (the
 //! primary and both replicas, reads balanced round robin). Client A (the
 //! raw wire client) logs in, runs the case's statements, reads once on
 //! every node it can reach and leaves: cleanly with Terminate, or by
-//! closing its socket without one. Client B (tokio-postgres) then looks at
-//! every server connection of the pool (`/* pgrouter: primary */` and
-//! `/* pgrouter: replica */` hints), and each look must equal the look of
-//! a fresh direct connection to the same node as the same user:
-//! `current_user`, `session_user`, every setting `SHOW ALL` shows (and the
-//! custom ones the cases set), `pg_prepared_statements`,
-//! `pg_listening_channels()`, the relations of its temp schema, the locks
-//! its backend holds (advisory locks), and `pg_cursors`. In the cases where
-//! B holds named statements of its own across A's visit, B's Execute of
-//! them must still work afterwards.
+//! closing its socket without one (and, for some cases, by closing it
+//! right after sending its last statement, before the reply). Client B
+//! (tokio-postgres) then looks at every server connection of the pool
+//! (`/* pgrouter: primary */` and `/* pgrouter: replica */` hints), and
+//! each look must equal the look of a fresh direct connection to the same
+//! node, database and user: `current_user`, `session_user`, every setting
+//! `SHOW ALL` shows (and the custom ones the cases set),
+//! `pg_prepared_statements`, `pg_listening_channels()`, the relations of
+//! its temp schema, the locks its backend holds (advisory locks) and
+//! `pg_cursors`. Where B holds named statements of its own across A's
+//! visit, B's Execute of them must still work afterwards.
 //!
-//! What a pooler cannot undo without closing the connection is not counted
-//! as a difference: pgrouter's own server-side statements (`pgrouter_N`,
-//! its cache of protocol-level statements) in `pg_prepared_statements`; a
+//! Every client, direct or not, logs in with the same application_name:
+//! without one, a server connection shows pgrouter's own
+//! (`application_name = pgrouter`), which no client set. What a pooler
+//! cannot undo without closing the connection is not counted as a
+//! difference: pgrouter's own server-side statements (`pgrouter_N`, its
+//! cache of protocol-level statements) in `pg_prepared_statements`; a
 //! custom setting (`a.b`) that a RESET left defined but empty where a
 //! fresh connection has none; the settings of a library an earlier client
 //! loaded (`plpgsql.*` after a DO block) while they are at their defaults.
 //!
-//! Also here: a bad startup parameter must be refused at login as
-//! PostgreSQL refuses it, and a seeded property test runs random sequences
-//! of the same statements (some in transactions) by A before B looks.
+//! Also here:
+//! - the test's own check, straight to PostgreSQL: each case leaves state
+//!   that the look sees (else the matrix could not see it leak);
+//! - the other side of two leaks: a client keeps its own settings on every
+//!   server connection it gets;
+//! - a bad startup parameter is refused at login as PostgreSQL refuses it,
+//!   and does not cost a backend per request;
+//! - a seeded property test: random sequences of the matrix's statements
+//!   (some in transactions) by A, before B looks.
 //!
 //! Run:
 //!   cargo test --test integration isolation
-//!       the matrix, the login test and property seeds 1..=32
+//!       all of it, with property seeds 1..=64
 //!   ISOLATION_SEED=17 cargo test --test integration isolation::random -- --nocapture
 //!       one seed, its program printed
 //!   ISOLATION_SEEDS=2000 cargo test --test integration isolation::random
@@ -115,7 +125,7 @@ enum Leave {
     /// Closes its socket without a Terminate, after its last reply.
     Drop,
     /// Sends its last step and closes its socket without reading the
-    /// reply (the property test only).
+    /// reply (the cases marked so, and the property test).
     DropMidRequest,
 }
 
@@ -439,6 +449,15 @@ fn cases() -> Vec<Case> {
         Case::new("startup options=-c role=tenant", vec![sql("SELECT 1")])
             .startup("options", "-c role=tenant"),
         Case::sql("SET SESSION AUTHORIZATION app").superuser(),
+        Case::sql("select set_config('session_authorization', 'app', false)").superuser(),
+        // PostgreSQL ignores it at startup: the login's user wins.
+        Case::new(
+            "startup options=-c session_authorization=app",
+            vec![sql("SELECT 1")],
+        )
+        .startup("options", "-c session_authorization=app")
+        .superuser()
+        .leaves_nothing(),
         // Prepared statements.
         Case::sql("PREPARE p1 AS SELECT 1"),
         Case::new(
@@ -747,8 +766,22 @@ async fn look_through_pgrouter(b: &Client, routing: Routing) -> Result<Vec<View>
     }
 }
 
-/// A fresh direct connection's look at the same node and database.
+/// A fresh direct connection's look at the same node and database: the
+/// same for every variant, so taken once per node, user and database.
 async fn look_directly(port: u16, user: &str, db: &str) -> Result<View, String> {
+    type Looks = std::sync::Mutex<std::collections::HashMap<(u16, String, String), View>>;
+    static LOOKS: std::sync::OnceLock<Looks> = std::sync::OnceLock::new();
+    let looks = LOOKS.get_or_init(Default::default);
+    let key = (port, user.to_owned(), db.to_owned());
+    if let Some(view) = looks.lock().unwrap().get(&key) {
+        return Ok(view.clone());
+    }
+    let view = look_directly_now(port, user, db).await?;
+    looks.lock().unwrap().insert(key, view.clone());
+    Ok(view)
+}
+
+async fn look_directly_now(port: u16, user: &str, db: &str) -> Result<View, String> {
     let node = node_by_port(port).ok_or_else(|| format!("no node on port {port}"))?;
     let conn = format!(
         "{} application_name={APP_NAME}",
