@@ -79,6 +79,8 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// something): whether pgrouter has the reply before it notices A is gone
 /// is a race.
 const MID_REQUEST_ROUNDS: usize = 3;
+/// Differences listed per look; more are counted.
+const MAX_DIFFERENCES: usize = 6;
 /// Variants run at the same time (ISOLATION_PARALLEL).
 const PARALLEL: usize = 3;
 /// Property-test seeds of the CI run (ISOLATION_SEEDS).
@@ -1022,7 +1024,14 @@ async fn b_looks(
         };
         let a_was_here = a_backends.contains(&(view.port, view.pid));
         outcome.shared |= a_was_here;
-        for difference in view.differences(&fresh) {
+        let mut differences = view.differences(&fresh);
+        // Another user sees other settings: the first lines say why.
+        if differences.len() > MAX_DIFFERENCES {
+            let more = differences.len() - MAX_DIFFERENCES;
+            differences.truncate(MAX_DIFFERENCES);
+            differences.push(format!("and {more} more differences"));
+        }
+        for difference in differences {
             let line = format!(
                 "on {} (backend {}{}): {difference}",
                 node_name(view.port),
@@ -1510,8 +1519,12 @@ fn describe_program(case: &Case, routing: Routing, leave: Leave) -> String {
     if case.b_statements {
         out.push_str(", B holds named statements across A's visit");
     }
-    out.push('\n');
+    out.push_str(" (any statement may fail)\n");
     for step in &case.steps {
+        let step = match step {
+            Step::MayFail(step) => step,
+            step => step,
+        };
         out.push_str(&format!("    {step}\n"));
     }
     out
