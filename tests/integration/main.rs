@@ -14,6 +14,7 @@ mod differential;
 mod drivers;
 mod failover;
 mod harness;
+mod isolation;
 mod lifecycle;
 mod metrics;
 mod pooling;
