@@ -160,7 +160,13 @@ impl Session {
                 serving.pinned = Some(reason);
                 self.cancel.slot.set_pinned(reason);
             }
-            SessionEffect::Discard => serving.server.statements.clear(),
+            SessionEffect::Discard => {
+                serving.server.statements.clear();
+                serving.server.settings = crate::server::AppliedSettings::Unknown;
+            }
+            SessionEffect::Reset if serving.pending_setting.is_none() => {
+                serving.server.settings = crate::server::AppliedSettings::Unknown;
+            }
             _ => {}
         }
         Ok(())

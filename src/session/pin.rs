@@ -41,6 +41,9 @@ pub fn effect(class: &Classification, sql: Option<&str>) -> SessionEffect {
         // release) holds nothing.
         Some("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
         Some(what) => SessionEffect::Pin(what),
+        // A DO block may set anything with set_config: what the connection
+        // carries is not known after it.
+        None if class.kind == Kind::Write("do") => SessionEffect::Reset,
         None => SessionEffect::None,
     }
 }
@@ -64,18 +67,45 @@ fn only_unlocks(sql: &str) -> bool {
 
 /// Whether a DEALLOCATE statement drops every prepared statement.
 pub fn deallocates_all(sql: &str) -> bool {
-    sql.split(|c: char| c.is_whitespace() || c == ';')
-        .rfind(|w| !w.is_empty())
+    words(sql)
+        .last()
         .is_some_and(|w| w.eq_ignore_ascii_case("all"))
+}
+
+/// The words of a short statement, without its comments (a routing hint
+/// must not hide what the statement does).
+fn words(sql: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, after)| after);
+        } else if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, after)| after);
+        } else if rest.is_empty() {
+            return words;
+        } else {
+            let ends_word = |(at, c): &(usize, char)| {
+                c.is_whitespace()
+                    || *c == ';'
+                    || rest[*at..].starts_with("/*")
+                    || rest[*at..].starts_with("--")
+            };
+            let end = rest
+                .char_indices()
+                .find(ends_word)
+                .map_or(rest.len(), |(at, _)| at);
+            words.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+    }
 }
 
 /// The statement a `DEALLOCATE [PREPARE] name` drops, as PostgreSQL folds
 /// its name; `None` for `DEALLOCATE ALL` and anything else.
 pub fn deallocated(sql: &str) -> Option<String> {
-    let words: Vec<&str> = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = words(sql);
     let name = match words.as_slice() {
         [deallocate, name] if deallocate.eq_ignore_ascii_case("deallocate") => name,
         [deallocate, prepare, name]
@@ -183,6 +213,24 @@ mod tests {
     }
 
     #[test]
+    fn deallocate_is_read_without_its_comments() {
+        assert_eq!(
+            deallocated("DEALLOCATE pgrouter_1 /* pgrouter: replica */").as_deref(),
+            Some("pgrouter_1")
+        );
+        assert_eq!(
+            deallocated("deallocate prepare \"S1\";").as_deref(),
+            Some("S1")
+        );
+        assert_eq!(deallocated("-- x\nDEALLOCATE S1").as_deref(), Some("s1"));
+        assert_eq!(deallocated("DEALLOCATE ALL /* pgrouter: replica */"), None);
+        assert!(deallocates_all("DEALLOCATE ALL /* pgrouter: replica */"));
+        assert!(deallocates_all("deallocate prepare all;"));
+        assert!(!deallocates_all("DEALLOCATE s1"));
+        assert_eq!(deallocated("DEALLOCATE a b"), None);
+    }
+
+    #[test]
     fn effects_follow_the_classification() {
         let of = |sql: &str| effect(&classify(sql), Some(sql));
         assert_eq!(of("LISTEN ch"), SessionEffect::Pin("listen"));
@@ -201,6 +249,7 @@ mod tests {
         assert_eq!(of("SELECT 1"), SessionEffect::None);
         assert_eq!(of("SET LOCAL work_mem = '1MB'"), SessionEffect::None);
         assert_eq!(of("set Role to tenant"), SessionEffect::Pin("unparsable"));
+        assert_eq!(of("DO $$ BEGIN NULL; END $$"), SessionEffect::Reset);
         assert_eq!(
             of("SET work_mem = '3MB'; INSERT INTO t VALUES (1)"),
             SessionEffect::Pin("set")

@@ -377,7 +377,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             }
             if all_sent && self.server.read_buf.is_empty() && !holding {
                 if p.split == Split::BeforeRequest && self.server.state.at_rest() {
-                    if self.server.state.is_idle() {
+                    if self.server.state.is_idle() && self.pinned.is_none() {
                         return Poll::Ready(RelayEnd::Released);
                     }
                     // Inside a transaction the request belongs here after
@@ -482,9 +482,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
     /// statement that may write is. Only read leases pay for this look.
     fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
         let state = &self.server.state;
-        if state.at_rest() && !state.is_idle() {
-            // Inside a transaction every request belongs here, whatever it
-            // does, as on PostgreSQL.
+        if self.pinned.is_some() || (state.at_rest() && !state.is_idle()) {
+            // A pinned client keeps its connection for everything; inside a
+            // transaction every request belongs here, whatever it does, as
+            // on PostgreSQL.
             p.first_request = false;
             return true;
         }
@@ -688,7 +689,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                         *self.pinned = Some(reason);
                     }
                     // The server drops every prepared statement it holds.
-                    pin::SessionEffect::Discard => self.server.statements.clear(),
+                    pin::SessionEffect::Discard => {
+                        self.server.statements.clear();
+                        self.server.settings = crate::server::AppliedSettings::Unknown;
+                    }
                     pin::SessionEffect::Deallocate
                         if frontend::query_text(
                             &self.client_in[p.framed..p.framed + frame.len],

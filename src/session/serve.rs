@@ -123,7 +123,8 @@ impl Session {
             return Err((stream, error));
         }
         if let Some(settings) = &identity.settings {
-            if let Err(error) = validate_settings(pool, settings).await {
+            let changes_identity = identity.startup_pin.is_some();
+            if let Err(error) = validate_settings(pool, settings, changes_identity).await {
                 return Err((stream, error));
             }
         }
@@ -647,11 +648,16 @@ impl Session {
             mut server,
             request,
             pinned,
+            pending_setting,
             ..
         }) = self.stage.stop_serving(false)
         else {
             return;
         };
+        if pending_setting.is_some() {
+            // A SET or RESET the client did not wait for may have run.
+            server.settings = AppliedSettings::Unknown;
+        }
         self.shared
             .router
             .finished(request.decision.node, request.started);
@@ -701,7 +707,11 @@ impl Session {
 /// Checks a client's startup settings against a server once, as
 /// PostgreSQL checks them at login: a value it refuses is a FATAL with its
 /// SQLSTATE now, not an error on every request later.
-async fn validate_settings(pool: &Pool, settings: &Arc<str>) -> Result<(), ClientError> {
+async fn validate_settings(
+    pool: &Pool,
+    settings: &Arc<str>,
+    changes_identity: bool,
+) -> Result<(), ClientError> {
     if pool.settings_validated(settings) {
         return Ok(());
     }
@@ -726,6 +736,11 @@ async fn validate_settings(pool: &Pool, settings: &Arc<str>) -> Result<(), Clien
             ))
         }
     };
+    if changes_identity {
+        // A role set at startup survives RESET ALL: the connection that
+        // checked it is not handed on.
+        server.mark_broken();
+    }
     Pool::release(server);
     outcome
 }

@@ -1281,7 +1281,10 @@ async fn a_client_keeps_its_own_settings_on_every_server_connection() {
         }
         seen.sort();
         seen.dedup();
-        if seen.len() < 3 {
+        // A SET beside another statement pins (docs/BEHAVIOUR.md): its
+        // client rightly stays on one connection, where it has it.
+        let pins = case.name.contains("; INSERT");
+        if seen.len() < 3 && !pins {
             problems.push(format!("[{}] A's looks reached only {seen:?}", case.name));
         }
     }
