@@ -52,8 +52,7 @@ const MAX_RESERVATION: usize = 256 * 1024;
 pub(super) fn reservation(declared: usize, have: usize) -> usize {
     declared
         .saturating_sub(have)
-        .min(MAX_RESERVATION)
-        .max(READ_CHUNK)
+        .clamp(READ_CHUNK, MAX_RESERVATION)
 }
 
 #[derive(Debug)]
