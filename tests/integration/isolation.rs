@@ -1388,34 +1388,7 @@ async fn a_bad_startup_parameter_is_refused_at_login_as_postgres_refuses_it() {
 // Random sequences
 // ---------------------------------------------------------------------------
 
-/// A deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use crate::common::rng::Rng;
 
 /// How many kinds of statement [`random_step`] knows.
 const STEP_KINDS: usize = 31;
@@ -1431,7 +1404,7 @@ fn random_step(rng: &mut Rng, kind: usize) -> Step {
     ];
     let (name, values) = *rng.pick(&SETTINGS);
     let value = *rng.pick(values);
-    let n = rng.below(3);
+    let n = rng.index(3);
     let text = match kind {
         0 => format!("SET {name} = {value}"),
         1 => format!("SET {name} TO {value}"),
@@ -1493,7 +1466,7 @@ fn random_program(seed: u64) -> (Case, Routing, Leave) {
     let routing = *rng.pick(&[Routing::Off, Routing::On]);
     let leave = *rng.pick(&[Leave::Terminate, Leave::Drop, Leave::DropMidRequest]);
     let mut case = Case::new(&format!("seed {seed}"), Vec::new());
-    match rng.below(8) {
+    match rng.index(8) {
         0 => case = case.startup("options", "-c work_mem=3MB"),
         1 => case = case.startup("options", "-c role=tenant"),
         _ => {}
@@ -1503,9 +1476,9 @@ fn random_program(seed: u64) -> (Case, Routing, Leave) {
     // connection is reset whole) and the rest of their state is exposed.
     let mut kinds: Vec<usize> = (0..STEP_KINDS).filter(|_| rng.chance(15)).collect();
     if kinds.is_empty() {
-        kinds.push(rng.below(STEP_KINDS));
+        kinds.push(rng.index(STEP_KINDS));
     }
-    let length = 2 + rng.below(10);
+    let length = 2 + rng.index(10);
     for _ in 0..length {
         let kind = *rng.pick(&kinds);
         case.steps.push(random_step(&mut rng, kind));
