@@ -9,7 +9,6 @@
 
 use crate::server::CancelTarget;
 use atomic_waker::AtomicWaker;
-use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::RngExt;
 use std::collections::HashMap;
@@ -18,8 +17,6 @@ use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Context;
 use std::time::SystemTime;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The key pgrouter gives a client: (process id, secret key).
 pub type ClientKey = (i32, i32);
@@ -303,18 +300,7 @@ impl ClientRegistry {
             tracing::debug!("cancel request for no running query dropped");
             return false;
         };
-        let mut packet = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(
-            target.process_id,
-            target.secret_key,
-            &mut packet,
-        );
-        let sent = async {
-            let mut stream = TcpStream::connect(&*target.address).await?;
-            stream.write_all(&packet).await?;
-            stream.shutdown().await
-        };
-        match sent.await {
+        match target.cancel().await {
             Ok(()) => {
                 tracing::info!(backend_pid = target.process_id, "cancel request forwarded");
                 true

@@ -50,6 +50,27 @@ pub struct CancelTarget {
     pub secret_key: i32,
 }
 
+impl CancelTarget {
+    /// Sends a CancelRequest for the query this connection runs, and
+    /// waits until the server has closed the request's connection: by
+    /// then the backend has been signalled, so a cancel cannot land on a
+    /// later query (PostgreSQL drops one that reaches an idle backend).
+    pub async fn cancel(&self) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut packet = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(
+            self.process_id,
+            self.secret_key,
+            &mut packet,
+        );
+        let mut stream = TcpStream::connect(&*self.address).await?;
+        stream.write_all(&packet).await?;
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok(())
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The client settings a server connection carries: what a client that

@@ -31,6 +31,8 @@ const READ_CHUNK: usize = 8 * 1024;
 pub(super) const REQUEST_LOOKAHEAD: usize = 256 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the CancelRequest for an abandoned request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Session {
     pub(super) control: Arc<Control>,
@@ -229,7 +231,11 @@ impl Session {
     }
 
     async fn finish(&mut self, end: End) {
-        self.cleanup().await;
+        // A client that went away without Terminate abandoned whatever it
+        // had running; one that said goodbye has its requests finished,
+        // as PostgreSQL finishes them.
+        let abandoned = matches!(end, End::Gone | End::Protocol(_));
+        self.cleanup(abandoned).await;
         match end {
             End::Terminated | End::Gone | End::Idle => {}
             End::Shutdown => {
@@ -642,7 +648,7 @@ impl Session {
 
     /// Gives back the server connection of a client that has gone: rolled
     /// back and, in session mode, reset; closed when that is not possible.
-    async fn cleanup(&mut self) {
+    async fn cleanup(&mut self, abandoned: bool) {
         self.cancel.slot.set(None, None);
         let Some(Serving {
             mut server,
@@ -657,6 +663,17 @@ impl Session {
         if pending_setting.is_some() {
             // A SET or RESET the client did not wait for may have run.
             server.settings = AppliedSettings::Unknown;
+        }
+        if abandoned && (server.state.awaiting_ready() || server.state.in_batch()) {
+            // Nobody waits for what runs: stop it rather than let it run
+            // on (and hold a backend) after the client has gone.
+            let target = server.cancel_target().clone();
+            match tokio::time::timeout(CANCEL_TIMEOUT, target.cancel()).await {
+                Ok(Ok(())) => {
+                    tracing::debug!(server = server.id(), "cancelled an abandoned request")
+                }
+                _ => tracing::info!(server = server.id(), "cannot cancel an abandoned request"),
+            }
         }
         self.shared
             .router

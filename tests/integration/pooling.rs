@@ -276,7 +276,7 @@ async fn session_mode_resets_the_connection_for_the_next_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_leaving_mid_query_gets_its_connection_closed_not_reused() {
+async fn a_query_its_client_abandoned_is_cancelled_and_the_connection_reused() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("midquery").await;
     let config = RouterConfig::new(cluster.primary(), &db)
@@ -288,15 +288,42 @@ async fn a_client_leaving_mid_query_gets_its_connection_closed_not_reused() {
     let running = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await });
     let su = cluster.superuser(cluster.primary(), "postgres").await;
     wait_until_sleeping(&su, pid).await;
+    let left = std::time::Instant::now();
     a_task.abort();
     running.abort();
 
+    // The backend stops sleeping (cancelled), not after 30 s.
+    eventually(DEADLINE, "the abandoned sleep is cancelled", || async {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep(30)%'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) == 0
+    })
+    .await;
+    // B gets the same backend, clean: outside any transaction, and soon.
     let b = router.connect("app", APP_PASSWORD, &db).await;
-    let new_pid = backend_pid(&b).await;
-    assert_ne!(new_pid, pid, "the busy connection was not handed to B");
-    su.simple_query(&format!("SELECT pg_cancel_backend({pid})"))
+    let row = b
+        .query_one(
+            "SELECT pg_backend_pid(), txid_current_if_assigned() IS NULL",
+            &[],
+        )
         .await
         .unwrap();
+    assert_eq!(
+        row.get::<_, i32>(0),
+        pid,
+        "the cancelled connection is reused"
+    );
+    assert!(row.get::<_, bool>(1), "no transaction of A's is left open");
+    assert!(
+        left.elapsed() < std::time::Duration::from_secs(25),
+        "B did not wait for the sleep to end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
