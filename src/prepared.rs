@@ -56,7 +56,10 @@ impl Drop for Statement {
 
 /// A Parse of a new statement while the registry holds its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("too many prepared statements: {limit} distinct ones are in use, the limit")]
+#[error(
+    "too many prepared statements: clients hold {limit} distinct ones, the limit \
+     (pool.max_distinct_prepared_statements)"
+)]
 pub struct RegistryFull {
     pub limit: usize,
 }

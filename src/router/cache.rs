@@ -196,6 +196,11 @@ impl ClassCache {
         }
     }
 
+    /// The most texts it holds.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().capacity).sum()
+    }
+
     /// Number of cached texts.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().slots.len()).sum()

@@ -75,29 +75,41 @@ fn holds(words: &[&str]) -> bool {
 /// A query that may take session-level advisory locks, call `set_config`
 /// or create a temporary table (`SELECT ... INTO TEMP`), from its words.
 fn inside_select(text: &str, label: &'static str) -> Kind {
-    let bytes = text.as_bytes();
-    if contains_ignore_case(bytes, b"advisory") {
-        return Kind::SessionState("advisory lock");
+    let [advisory, set_config, into, temp] = contains_ignore_case(
+        text.as_bytes(),
+        [b"advisory", b"set_config", b"into", b"temp"],
+    );
+    if advisory {
+        Kind::SessionState("advisory lock")
+    } else if set_config {
+        Kind::SessionState("set_config")
+    } else if into && temp {
+        Kind::SessionState("create temp table")
+    } else {
+        Kind::Write(label)
     }
-    if contains_ignore_case(bytes, b"set_config") {
-        return Kind::SessionState("set_config");
-    }
-    if contains_ignore_case(bytes, b"into") && contains_ignore_case(bytes, b"temp") {
-        return Kind::SessionState("create temp table");
-    }
-    Kind::Write(label)
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    haystack.iter().enumerate().any(|(at, &byte)| {
-        byte | 0x20 == first
-            && haystack
-                .get(at..at + needle.len())
-                .is_some_and(|word| word.eq_ignore_ascii_case(needle))
-    })
+/// Which of `needles` (lower case, each starting with a letter)
+/// `haystack` contains, any case, in one pass.
+fn contains_ignore_case<const N: usize>(haystack: &[u8], needles: [&[u8]; N]) -> [bool; N] {
+    let mut found = [false; N];
+    for at in 0..haystack.len() {
+        // Lower-cases letters; no needle starts with anything else.
+        let byte = haystack[at] | 0x20;
+        for i in 0..N {
+            let needle = needles[i];
+            if !found[i]
+                && needle.first() == Some(&byte)
+                && haystack
+                    .get(at..at + needle.len())
+                    .is_some_and(|word| word.eq_ignore_ascii_case(needle))
+            {
+                found[i] = true;
+            }
+        }
+    }
+    found
 }
 
 /// Fills `out` with the leading words of `text` (letters, digits and `_`),
