@@ -119,7 +119,7 @@ impl Default for RoutingConfig {
             classify_offload_size: Spanned::new(0..0, ByteSize(8 << 10)),
             classify_max_size: Spanned::new(0..0, ByteSize(1 << 20)),
             classify_threads: Spanned::new(0..0, 2),
-            classify_queue: 64,
+            classify_queue: 32,
         }
     }
 }
