@@ -4,8 +4,8 @@
 //!     cargo bench --bench load -- [--quick] [--clients 1,10,100,500]
 //!         [--seconds 10] [--rounds 3] [--pool 20] [--scale N]
 //!         [--workloads select-simple,select-extended,select-prepared,tpcb-simple,tpcb-extended,tpcb-prepared]
-//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline]
-//!         [--idle 2000]
+//!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline,pgrouter-baseline-routing]
+//!         [--idle 2000] [--head-of-line 20]
 //!
 //! Targets run interleaved (A B C, C B A, ...) so that drift hits all alike;
 //! each cell reports the median TPS, the average latency, the pooler's CPU
@@ -14,6 +14,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod head_of_line;
 mod pgbench;
 mod targets;
 
@@ -30,6 +31,7 @@ struct Options {
     workloads: Vec<String>,
     targets: Vec<String>,
     idle: Option<usize>,
+    head_of_line: Option<usize>,
 }
 
 fn options() -> Options {
@@ -53,6 +55,7 @@ fn options() -> Options {
             .map(String::from)
             .to_vec(),
         idle: None,
+        head_of_line: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let list = |v: &str| {
@@ -81,6 +84,7 @@ fn options() -> Options {
             "--workloads" => o.workloads = list(&value),
             "--targets" => o.targets = list(&value),
             "--idle" => o.idle = value.parse().ok(),
+            "--head-of-line" => o.head_of_line = value.parse().ok(),
             _ => {
                 // cargo bench adds --bench; anything else is ignored too.
                 i += 1;
@@ -126,6 +130,16 @@ fn start_targets(cluster: &Cluster, o: &Options) -> Vec<Target> {
                     cluster, name, o.pool, None, &binary,
                 )),
                 Err(_) => eprintln!("pgrouter-baseline needs PGROUTER_BASELINE_BIN: skipped"),
+            },
+            "pgrouter-baseline-routing" => match std::env::var("PGROUTER_BASELINE_BIN") {
+                Ok(binary) => out.push(targets::pgrouter_binary(
+                    cluster,
+                    name,
+                    o.pool,
+                    Some("lsn"),
+                    &binary,
+                )),
+                Err(_) => eprintln!("{name} needs PGROUTER_BASELINE_BIN: skipped"),
             },
             "pgbouncer" => match targets::pgbouncer(cluster, o.pool) {
                 Some(target) => out.push(target),
@@ -190,6 +204,10 @@ fn main() {
     let targets = start_targets(&cluster, &o);
     if let Some(n) = o.idle {
         idle::run(&runtime, &targets, n);
+        return;
+    }
+    if let Some(n) = o.head_of_line {
+        head_of_line::run(&runtime, &targets, n, o.rounds);
         return;
     }
     let mut cells: HashMap<(String, usize, String), Cell> = HashMap::new();

@@ -118,7 +118,7 @@ impl Default for RoutingConfig {
             function_cache_ttl: ms(60_000),
             classify_offload_size: Spanned::new(0..0, ByteSize(8 << 10)),
             classify_max_size: Spanned::new(0..0, ByteSize(1 << 20)),
-            classify_threads: Spanned::new(0..0, 2),
+            classify_threads: Spanned::new(0..0, 1),
             classify_queue: 32,
         }
     }

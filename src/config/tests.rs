@@ -144,7 +144,7 @@ fn bounds_have_defaults_and_are_checked() {
     );
     assert_eq!(routing.classify_offload_size.get_ref().0, 8 << 10);
     assert_eq!(routing.classify_max_size.get_ref().0, 1 << 20);
-    assert_eq!(*routing.classify_threads.get_ref(), 2);
+    assert_eq!(*routing.classify_threads.get_ref(), 1);
     assert_eq!(routing.classify_queue, 32);
     let settings = config.pool_settings(&config.databases[0]);
     assert_eq!(settings.max_client_prepared_statements, 2000);
