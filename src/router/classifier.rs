@@ -53,11 +53,17 @@ impl Classifier {
     fn length(&self, sql: &str) -> Length {
         if sql.len() <= self.offload_size {
             Length::Short
-        } else if sql.len() <= self.max_size {
+        } else if self.parses_off_thread(sql.len()) {
             Length::Long
         } else {
             Length::TooLong
         }
+    }
+
+    /// Whether a text of `len` bytes goes to a classify thread when it is
+    /// not cached.
+    pub fn parses_off_thread(&self, len: usize) -> bool {
+        self.offload_size < len && len <= self.max_size
     }
 
     /// The classification, now: a long text not classified yet is queued

@@ -259,6 +259,14 @@ impl Router {
         self.classifier.get_async(sql).await
     }
 
+    /// Whether a text of `len` bytes is parsed on a classify thread (when
+    /// not cached): what makes awaiting [`Router::classify_async`] before
+    /// the synchronous calls worth it. Shorter texts need no await (and
+    /// would be looked up twice).
+    pub fn parses_off_thread(&self, len: usize) -> bool {
+        self.classifier.parses_off_thread(len)
+    }
+
     /// [`Router::classify_async`] of a text in the client's encoding.
     pub async fn classify_bytes_async(&self, sql: &[u8]) -> Option<Arc<Classification>> {
         match std::str::from_utf8(sql) {
