@@ -139,7 +139,9 @@ fn start_targets(cluster: &Cluster, o: &Options) -> Vec<Target> {
                     Some("lsn"),
                     &binary,
                 )),
-                Err(_) => eprintln!("{name} needs PGROUTER_BASELINE_BIN: skipped"),
+                Err(_) => {
+                    eprintln!("pgrouter-baseline-routing needs PGROUTER_BASELINE_BIN: skipped")
+                }
             },
             "pgbouncer" => match targets::pgbouncer(cluster, o.pool) {
                 Some(target) => out.push(target),

@@ -221,26 +221,24 @@ fn nodes(control: &Control) -> Answer {
         .iter()
         .enumerate()
         .map(|(index, node)| {
-            let role = if node.is_primary() {
-                "primary"
-            } else {
-                "replica"
-            };
-            let banned = topology.is_banned(index);
+            let ban_left = topology.ban_left(index);
             vec![
                 text(&node.name),
                 text(&node.address),
-                text(role),
+                text(node.role().label()),
                 text(format!("{:?}", node.configured_role).to_lowercase()),
                 text(node.healthy()),
-                text(banned),
-                banned.then(|| format!("{:.1}s", topology.ban_left(index).as_secs_f64())),
+                text(ban_left.is_some()),
+                ban_left.map(|left| format!("{:.1}s", left.as_secs_f64())),
                 text(node.lag().as_millis()),
                 text(node.lag_bytes()),
                 text(node.lsn()),
                 text(node.weight),
                 text(node.bans()),
                 text(shared.router.load(index).active()),
+                text(topology.status(index).label()),
+                text(topology.failures(index)),
+                text(node.timeline()),
             ]
         })
         .collect();
@@ -259,6 +257,9 @@ fn nodes(control: &Control) -> Answer {
             "weight",
             "bans",
             "in_flight",
+            "status",
+            "failures",
+            "timeline",
         ],
         rows,
     )
@@ -410,6 +411,18 @@ fn config(config: &Config) -> Answer {
         (
             "routing.classify_queue".into(),
             routing.classify_queue.to_string(),
+        ),
+        (
+            "routing.ban_time".into(),
+            format!("{:?}", routing.ban_time.0),
+        ),
+        (
+            "routing.ban_after".into(),
+            routing.ban_after.get_ref().to_string(),
+        ),
+        (
+            "routing.failover_hold".into(),
+            format!("{:?}", routing.failover_hold.0),
         ),
     ];
     for node in &config.nodes {

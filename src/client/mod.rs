@@ -26,14 +26,25 @@ pub enum ClientError {
     Closed,
     /// Reported to the client as a FATAL ErrorResponse, then closed.
     #[error("{message}")]
-    Fatal { code: &'static str, message: String },
+    Fatal {
+        code: std::borrow::Cow<'static, str>,
+        message: String,
+    },
 }
 
 impl ClientError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> ClientError {
         ClientError::Fatal {
-            code,
+            code: code.into(),
             message: message.into(),
+        }
+    }
+
+    /// A FATAL with a SQLSTATE a server gave.
+    pub fn fatal_owned(code: String, message: String) -> ClientError {
+        ClientError::Fatal {
+            code: code.into(),
+            message,
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Identity {
     /// The startup parameters to apply to every server connection the
     /// client gets, as one query; `None` when there are none.
     pub settings: Option<Arc<str>>,
+    /// A startup parameter that changes who the session is (`role`,
+    /// `session_authorization`): the client keeps its server connection.
+    pub startup_pin: Option<&'static str>,
     /// The client's startup values of parameters the server reports.
     pub reported: Vec<(String, String)>,
 }

@@ -62,8 +62,15 @@ pub struct RoutingConfig {
     pub max_replica_lag_bytes: ByteSize,
     /// How often each node's health, role and WAL position are checked.
     pub monitor_interval: Spanned<Duration>,
-    /// A failed node gets no traffic for this long, then is tried again.
+    /// A banned node gets no traffic for this long from its first failure,
+    /// and after that until a check succeeds.
     pub ban_time: Duration,
+    /// Failed checks or connections in a row that ban a node.
+    pub ban_after: Spanned<u32>,
+    /// How long a request that needs the primary waits while no node may
+    /// take writes (a failover in progress) before it is refused; 0: not
+    /// at all.
+    pub failover_hold: Duration,
     pub fallback: Fallback,
     /// Functions that write although pg_proc does not say volatile.
     pub write_functions: Vec<String>,
@@ -108,6 +115,8 @@ impl Default for RoutingConfig {
             max_replica_lag_bytes: ByteSize(16 << 20),
             monitor_interval: Spanned::new(0..0, ms(100)),
             ban_time: ms(10_000),
+            ban_after: Spanned::new(0..0, 2),
+            failover_hold: ms(0),
             fallback: Fallback::Primary,
             write_functions: Vec::new(),
             read_functions: Vec::new(),

@@ -167,3 +167,22 @@ fn bounds_have_defaults_and_are_checked() {
         ]
     );
 }
+
+#[test]
+fn failover_keys_have_defaults_and_ban_after_is_at_least_one() {
+    let config = Config::parse(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(*config.routing.ban_after.get_ref(), 2);
+    assert_eq!(config.routing.failover_hold.0, std::time::Duration::ZERO);
+
+    let text = format!("[routing]\nban_after = 3\nfailover_hold = \"5s\"\n{MINIMAL}");
+    let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(*config.routing.ban_after.get_ref(), 3);
+    assert_eq!(
+        config.routing.failover_hold.0,
+        std::time::Duration::from_secs(5)
+    );
+
+    let errors = rejected(&format!("[routing]\nban_after = 0\n{MINIMAL}"));
+    assert!(errors[0].message.contains("ban_after"), "{errors:?}");
+    assert_eq!(errors[0].position.map(|p| p.0), Some(2));
+}

@@ -149,6 +149,12 @@ fn check_routing(config: &Config, report: &mut Report) {
             "routing.monitor_interval must be at least 10ms".into(),
         );
     }
+    if *routing.ban_after.get_ref() == 0 {
+        report.at(
+            routing.ban_after.span(),
+            "routing.ban_after must be at least 1".into(),
+        );
+    }
     if let Some(name) = &routing.monitor_user {
         if config.user(name.get_ref()).is_none() {
             report.at(

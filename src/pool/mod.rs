@@ -59,7 +59,18 @@ pub struct Pool {
     inner: deadpool::managed::Pool<ServerManager>,
     /// A newer configuration replaced this pool: its upkeep stops.
     retired: AtomicBool,
+    /// Client settings (startup parameters, as one query) a server of
+    /// this pool accepted: a client logging in with them is not checked
+    /// again. Bounded: cleared when full.
+    validated: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
 }
+
+/// A reply buffer larger than this is dropped when its connection goes
+/// back to the pool.
+const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Distinct validated settings remembered per pool.
+const MAX_VALIDATED_SETTINGS: usize = 1024;
 
 struct PoolSpec<'a> {
     node: &'a NodeConfig,
@@ -101,6 +112,7 @@ impl Pool {
                 settings,
                 stats,
                 inner: previous.inner.clone(),
+                validated: Default::default(),
                 retired: AtomicBool::new(false),
             };
         }
@@ -123,7 +135,21 @@ impl Pool {
             stats,
             inner,
             retired: AtomicBool::new(false),
+            validated: Default::default(),
         }
+    }
+
+    /// Whether a server of this pool accepted these client settings.
+    pub fn settings_validated(&self, settings: &Arc<str>) -> bool {
+        self.validated.lock().contains(settings)
+    }
+
+    pub fn settings_accepted(&self, settings: &Arc<str>) {
+        let mut validated = self.validated.lock();
+        if validated.len() >= MAX_VALIDATED_SETTINGS {
+            validated.clear();
+        }
+        validated.insert(settings.clone());
     }
 
     /// A server connection for one transaction or session, waiting in FIFO
@@ -213,6 +239,11 @@ impl Pool {
     pub fn release(mut server: PooledServer) {
         if server.is_reusable() {
             server.idle_since = Instant::now();
+            // A large reply grew the buffer: an idle connection does not
+            // keep it.
+            if server.read_buf.capacity() > IDLE_BUFFER_LIMIT {
+                server.read_buf = bytes::BytesMut::new();
+            }
         } else {
             drop(Object::take(server));
         }

@@ -33,14 +33,29 @@ fn preliminary(tag: u8) -> bool {
 /// Judges the whole messages in `buf[from..]`. Returns the verdict and the
 /// offset where judging stopped (where to resume once more bytes arrive).
 pub fn judge(buf: &[u8], mut from: usize) -> (Verdict, usize) {
-    while let Some((tag, len)) = whole_message(buf, from) {
+    loop {
+        // The tag decides: a row or a command's end means the statement
+        // ran, whatever its size (a 100 MB row streams at once).
+        if let Some(&tag) = buf.get(from).filter(|&&tag| tag != ERROR_RESPONSE) {
+            if !preliminary(tag) && buf.len() >= from + HEADER_LEN {
+                return (Verdict::Deliver, from);
+            }
+        }
+        let Some((tag, len)) = whole_message(buf, from) else {
+            break;
+        };
         if !preliminary(tag) {
             let code = (tag == ERROR_RESPONSE)
                 .then(|| error_code(&buf[from + HEADER_LEN..from + len]))
                 .flatten();
+            let body = &buf[from + HEADER_LEN..from + len];
             let verdict = match code {
                 Some(READ_ONLY_SQL_TRANSACTION) => Verdict::ReadOnlyViolation,
-                Some(code) if GOING_AWAY.contains(&code) => Verdict::ServerGoingAway,
+                // A statement raising 57P01 is its own answer, and says
+                // nothing of the server's health.
+                Some(code) if GOING_AWAY.contains(&code) && ends_session(body) => {
+                    Verdict::ServerGoingAway
+                }
                 _ => Verdict::Deliver,
             };
             return (verdict, from);
@@ -78,18 +93,32 @@ pub fn whole_message(buf: &[u8], at: usize) -> Option<(u8, usize)> {
 }
 
 /// The SQLSTATE field ('C') of an ErrorResponse or NoticeResponse body.
-pub fn error_code(mut body: &[u8]) -> Option<&[u8]> {
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// One field of an ErrorResponse or NoticeResponse body.
+fn error_field(mut body: &[u8], wanted: u8) -> Option<&[u8]> {
     while let Some((&field, rest)) = body.split_first() {
         if field == 0 {
             return None;
         }
         let end = rest.iter().position(|&b| b == 0)?;
-        if field == b'C' {
+        if field == wanted {
             return Some(&rest[..end]);
         }
         body = &rest[end + 1..];
     }
     None
+}
+
+/// Whether an ErrorResponse ends the session: the server itself is going
+/// away, as opposed to a statement that raised the same SQLSTATE.
+fn ends_session(body: &[u8]) -> bool {
+    // 'V' is the severity never translated (PostgreSQL 9.6+), 'S' the
+    // one older servers send.
+    let severity = error_field(body, b'V').or_else(|| error_field(body, b'S'));
+    matches!(severity, Some(b"FATAL" | b"PANIC"))
 }
 
 #[cfg(test)]
@@ -140,6 +169,21 @@ mod tests {
         let mut buf = BytesMut::new();
         error_response(&mut buf, Severity::Fatal, "57P01", "terminating connection");
         assert_eq!(judge(&buf, 0).0, Verdict::ServerGoingAway);
+        // A function that raises the same SQLSTATE: the statement's answer.
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Error, "57P01", "raised by a function");
+        assert_eq!(judge(&buf, 0).0, Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_row_is_judged_by_its_header_alone() {
+        let mut buf = BytesMut::from(&message(b'1', b"")[..]);
+        buf.extend_from_slice(&[b'D', 0, 0x10, 0, 0]);
+        assert_eq!(
+            judge(&buf, 0).0,
+            Verdict::Deliver,
+            "a 1 MiB row need not arrive"
+        );
     }
 
     #[test]

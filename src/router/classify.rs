@@ -110,6 +110,29 @@ pub struct Classification {
     pub hint: Option<Hint>,
     /// Number of statements in the text (0 for an empty query).
     pub statements: usize,
+    /// What the first statement that changes session state does, when
+    /// `kind` says something else (a write wins the routing, but a `SET`
+    /// beside an `INSERT` still changes the session).
+    pub session: Option<&'static str>,
+}
+
+impl Classification {
+    /// What the text does to the session, whatever else it does.
+    pub fn session_state(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::SessionState(what) => Some(what),
+            _ => self.session,
+        }
+    }
+}
+
+/// The first statement that changes session state, among `kinds`.
+fn session_state(kinds: &[Kind]) -> Option<&'static str> {
+    kinds.iter().find_map(|kind| match kind {
+        Kind::SessionState(what) => Some(*what),
+        Kind::SetRoute(_) => Some("set"),
+        _ => None,
+    })
 }
 
 /// Classifies a query text (one Query message, or the text of a Parse).
@@ -129,6 +152,7 @@ pub fn classify(sql: &str) -> Classification {
         functions,
         hint: scan.hint,
         statements: kinds.len(),
+        session: session_state(&kinds),
     }
 }
 
@@ -184,11 +208,13 @@ impl Classification {
         }
         functions.sort_unstable();
         functions.dedup();
+        let session = session_state(&kinds);
         Classification {
             kind: combine(&kinds),
             functions,
             hint,
             statements,
+            session,
         }
     }
 }

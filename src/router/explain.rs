@@ -52,7 +52,9 @@ pub async fn explain_route(
     let class = router.classify_async(statement).await;
     let decision = match mode {
         PoolMode::Session => router.session_node(&session, client),
-        PoolMode::Transaction => router.decide(Some(&class), &mut session, client).await,
+        // What the statement would meet now: explaining never waits out
+        // a failover.
+        PoolMode::Transaction => router.decide_now(Some(&class), &mut session, client).await,
     };
     match decision {
         Ok(decision) => {

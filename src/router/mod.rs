@@ -15,7 +15,7 @@ mod offload;
 mod writes;
 
 use crate::config::{Config, Fallback, ReadYourWrites, Route};
-use crate::topology::{Lsn, Topology};
+use crate::topology::{Lsn, Topology, WriteTarget};
 use balance::{Balancer, Candidate, NodeLoad};
 use classifier::Classifier;
 use classify::{Classification, Hint, Kind};
@@ -166,6 +166,13 @@ pub struct Decision {
 pub enum RouteError {
     #[error("no primary node is reachable")]
     NoPrimary,
+    /// Split brain averted: answered with 08006 like `NoPrimary`, which
+    /// drivers treat as "try again or elsewhere".
+    #[error(
+        "several nodes claim to be the primary and none took the writes before: \
+         writes are refused until all but one have stepped down (SHOW NODES)"
+    )]
+    Contested,
     #[error("no replica may serve this read and routing.fallback is \"error\"")]
     NoReplica,
 }
@@ -191,6 +198,8 @@ pub struct Router {
     read_your_writes: ReadYourWrites,
     ryw_window: Duration,
     fallback: Fallback,
+    /// How long a request for the primary waits while none is known.
+    failover_hold: Duration,
     /// Whether any read can go to another node than the primary: without
     /// replicas, sessions' writes need no tracking.
     has_replicas: bool,
@@ -210,6 +219,7 @@ impl Router {
             read_your_writes: routing.read_your_writes,
             ryw_window: routing.ryw_window.0,
             fallback: routing.fallback,
+            failover_hold: routing.failover_hold.0,
             has_replicas: config.nodes.len() > 1,
             topology,
         }
@@ -317,7 +327,11 @@ impl Router {
     }
 
     fn primary(&self, reason: Reason, may_write: bool) -> Result<Decision, RouteError> {
-        let node = self.topology.primary().ok_or(RouteError::NoPrimary)?;
+        let node = match self.topology.write_target() {
+            WriteTarget::Node(node) => node,
+            WriteTarget::None => return Err(RouteError::NoPrimary),
+            WriteTarget::Contested => return Err(RouteError::Contested),
+        };
         Ok(Decision {
             node,
             target: Target::Primary,
@@ -339,8 +353,28 @@ impl Router {
         }
     }
 
-    /// Routes the request that starts a transaction (or is one).
+    /// Routes the request that starts a transaction (or is one). A request
+    /// that needs the primary while none is known waits for one up to
+    /// `failover_hold`.
     pub async fn decide(
+        &self,
+        class: Option<&Classification>,
+        session: &mut SessionRoute,
+        client: IpAddr,
+    ) -> Result<Decision, RouteError> {
+        let decision = self.decide_now(class, session, client).await;
+        if decision != Err(RouteError::NoPrimary) || self.failover_hold.is_zero() {
+            return decision;
+        }
+        match self.topology.wait_for_primary(self.failover_hold).await {
+            WriteTarget::Node(_) => self.decide_now(class, session, client).await,
+            WriteTarget::None => Err(RouteError::NoPrimary),
+            WriteTarget::Contested => Err(RouteError::Contested),
+        }
+    }
+
+    /// Routes the request as the topology stands, without waiting.
+    pub async fn decide_now(
         &self,
         class: Option<&Classification>,
         session: &mut SessionRoute,

@@ -52,6 +52,20 @@ pub struct CancelTarget {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The client settings a server connection carries: what a client that
+/// gets it must undo or may reuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedSettings {
+    /// None: as opened, or after `RESET ALL`.
+    Default,
+    /// Exactly what this replay query sets (a client's startup parameters
+    /// and replayed `SET`s).
+    Client(Arc<str>),
+    /// A client changed them in a way pgrouter does not follow (a `RESET`
+    /// of one parameter): `RESET ALL` before anyone uses it again.
+    Unknown,
+}
+
 pub struct ServerConn {
     pub(crate) stream: TcpStream,
     /// Bytes read from the server and not yet forwarded.
@@ -64,8 +78,8 @@ pub struct ServerConn {
     pub(crate) idle_since: Instant,
     /// The prepared statements this connection holds, by server name.
     pub(crate) statements: ServerStatements,
-    /// The client settings applied to it since its last reset.
-    pub(crate) settings: Option<Arc<str>>,
+    /// The client settings it carries.
+    pub(crate) settings: AppliedSettings,
     /// Its pool's counters, once the pool has it.
     pub(crate) stats: Option<Arc<crate::stats::PoolStats>>,
     id: u64,
@@ -97,7 +111,7 @@ impl ServerConn {
             broken: false,
             idle_since: Instant::now(),
             statements: ServerStatements::default(),
-            settings: None,
+            settings: AppliedSettings::Default,
             stats: None,
             id,
             node,

@@ -48,7 +48,7 @@ pub async fn clean(conn: &mut ServerConn, reset_query: Option<&str>) -> Result<(
         simple::query(conn, sql, true).await?;
         // DISCARD ALL and DEALLOCATE drop prepared statements.
         conn.statements.clear();
-        conn.settings = None;
+        conn.settings = super::AppliedSettings::Default;
     }
     conn.state = Default::default();
     Ok(())

@@ -77,6 +77,9 @@ impl Session {
         if matches!(pending_setting, Some(PendingSetting::Set(..))) {
             effect = SessionEffect::None;
         }
+        if let Some(reason) = self.identity.startup_pin {
+            effect = SessionEffect::Pin(reason);
+        }
         match effect {
             SessionEffect::Pin(reason)
                 if self.pools.nodes[0].settings.pinning == Pinning::Error =>
@@ -95,7 +98,11 @@ impl Session {
             {
                 return Ok(());
             }
-            SessionEffect::Discard => self.statements.clear(),
+            SessionEffect::Discard => {
+                // DISCARD ALL takes the session back to its startup state.
+                self.statements.clear();
+                self.settings.reset(None);
+            }
             _ => {}
         }
         let deferred = self.stage.transaction().is_open();
@@ -111,6 +118,7 @@ impl Session {
                     functions: Vec::new(),
                     hint: class.as_ref().and_then(|c| c.hint),
                     statements: 1,
+                    session: None,
                 };
                 let router = self.shared.router.clone();
                 router
@@ -128,7 +136,7 @@ impl Session {
             Ok(decision) => decision,
             Err(error) => {
                 let code = match error {
-                    RouteError::NoPrimary => sqlstate::CONNECTION_FAILURE,
+                    RouteError::NoPrimary | RouteError::Contested => sqlstate::CONNECTION_FAILURE,
                     RouteError::NoReplica => sqlstate::CANNOT_CONNECT_NOW,
                 };
                 return self.reject_request(first, code, &error.to_string()).await;
@@ -152,7 +160,13 @@ impl Session {
                 serving.pinned = Some(reason);
                 self.cancel.slot.set_pinned(reason);
             }
-            SessionEffect::Discard => serving.server.statements.clear(),
+            SessionEffect::Discard => {
+                serving.server.statements.clear();
+                serving.server.settings = crate::server::AppliedSettings::Unknown;
+            }
+            SessionEffect::Reset if serving.pending_setting.is_none() => {
+                serving.server.settings = crate::server::AppliedSettings::Unknown;
+            }
             _ => {}
         }
         Ok(())
@@ -218,8 +232,8 @@ impl Session {
         if first.tag == frontend::QUERY && !self.stage.transaction().is_open() {
             let single = look.class.as_ref().is_none_or(|c| c.statements == 1);
             look.pending_setting = match look.effect {
-                SessionEffect::Pin(_) if single => settings::set_parameter(sql)
-                    .map(|name| PendingSetting::Set(name, sql.to_owned())),
+                SessionEffect::Pin(_) if single => settings::replayable_set(sql)
+                    .map(|setting| PendingSetting::Set(sql.to_owned(), setting)),
                 SessionEffect::Reset if single => {
                     settings::reset_parameter(sql).map(PendingSetting::Reset)
                 }
@@ -296,12 +310,20 @@ impl Session {
             match checked_out {
                 Ok(mut server) => {
                     if let Err(error) = apply_settings(&mut server, self.settings.query()).await {
-                        tracing::warn!(%error, "cannot apply the client's startup parameters");
-                        server.mark_broken();
+                        tracing::warn!(%error, "cannot apply the client's settings");
+                        let (code, message) = match error {
+                            // The server refused a value and stayed fine:
+                            // the connection goes back (reset before reuse).
+                            crate::server::ServerError::Rejected { code, message } => {
+                                (code, message)
+                            }
+                            error => {
+                                server.mark_broken();
+                                (sqlstate::CONNECTION_FAILURE.to_owned(), error.to_string())
+                            }
+                        };
                         crate::pool::Pool::release(server);
-                        return self
-                            .reject_request(first, sqlstate::CONNECTION_FAILURE, &error.to_string())
-                            .await;
+                        return self.reject_request(first, &code, &message).await;
                     }
                     let slot = &self.cancel.slot;
                     slot.set(Some(server.cancel_target().clone()), Some(decision.node));
@@ -354,7 +376,7 @@ impl Session {
                     if let CheckoutError::Server { .. } = error {
                         self.shared
                             .topology
-                            .ban(decision.node, "cannot open a server connection");
+                            .connection_failed(decision.node, "cannot open a server connection");
                         // A read may go to another replica (or the primary).
                         if decision.target == Target::Replica && attempts == 1 {
                             let router = self.shared.router.clone();
@@ -495,29 +517,22 @@ impl Session {
     /// refuses).
     async fn deallocate_locally(&mut self, first: Frame) -> Result<bool, End> {
         let sql = frontend::query_text(&self.in_buf[..first.len]).unwrap_or("");
-        let words: Vec<String> = sql
-            .split(|c: char| c.is_whitespace() || c == ';')
-            .filter(|w| !w.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let target = match words.as_slice() {
-            [_, name] => name,
-            [_, prepare, name] if prepare.eq_ignore_ascii_case("prepare") => name,
-            _ => return Ok(false),
-        };
-        let tag = if target.eq_ignore_ascii_case("all") {
+        let tag = if let Some(name) = pin::deallocated(sql) {
+            if !self.statements.remove(&name) {
+                // Not one of the client's: with no SQL PREPARE (which pins)
+                // its session has no such statement, and the server's
+                // statements belong to everyone.
+                let message = format!("prepared statement \"{name}\" does not exist");
+                self.reject_request(first, INVALID_SQL_STATEMENT_NAME, &message)
+                    .await?;
+                return Ok(true);
+            }
+            "DEALLOCATE"
+        } else if pin::deallocates_all(sql) {
             self.statements.clear();
             "DEALLOCATE ALL"
         } else {
-            // Unquoted names fold to lower case, as PostgreSQL folds them.
-            let name = match target.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                Some(quoted) => quoted.to_owned(),
-                None => target.to_lowercase(),
-            };
-            if !self.statements.remove(&name) && !self.statements.remove(target) {
-                return Ok(false);
-            }
-            "DEALLOCATE"
+            return Ok(false);
         };
         self.in_buf.advance(first.len);
         let status = self.stage.transaction().status();
@@ -561,23 +576,32 @@ impl Session {
     }
 }
 
-/// Gives the connection the client's startup settings, unless it has
-/// them already (clients with the same settings share connections at no
-/// cost); a connection that has another client's settings is reset first.
-async fn apply_settings(
+/// SQLSTATE invalid_sql_statement_name.
+const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+
+/// Gives the connection the client's settings, unless it has them already
+/// (clients with the same settings share connections at no cost); a
+/// connection that carries anything else is reset first.
+pub(super) async fn apply_settings(
     server: &mut crate::server::ServerConn,
     settings: &Option<Arc<str>>,
 ) -> Result<(), crate::server::ServerError> {
-    if server.settings.as_deref() == settings.as_deref() {
-        return Ok(());
+    use crate::server::AppliedSettings;
+    match (&server.settings, settings) {
+        (AppliedSettings::Default, None) => return Ok(()),
+        (AppliedSettings::Client(have), Some(want)) if have == want => return Ok(()),
+        _ => {}
     }
-    if server.settings.is_some() {
+    if server.settings != AppliedSettings::Default {
+        // Until RESET ALL has run, what it carries is unknown.
+        server.settings = AppliedSettings::Unknown;
         crate::server::simple::query(server, "RESET ALL", true).await?;
-        server.settings = None;
+        server.settings = AppliedSettings::Default;
     }
     if let Some(sql) = settings {
+        server.settings = AppliedSettings::Unknown;
         crate::server::simple::query(server, sql, true).await?;
-        server.settings = Some(sql.clone());
+        server.settings = AppliedSettings::Client(sql.clone());
     }
     Ok(())
 }

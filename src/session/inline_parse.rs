@@ -83,6 +83,19 @@ impl InlineParse {
         }
     }
 
+    /// The replies at the front of the buffer through a ReadyForQuery,
+    /// `end` bytes, were cut (a deferred BEGIN's, see `Relay::swallow`):
+    /// when that ReadyForQuery came after pgrouter's Parse was sent, it
+    /// was one of those to let pass first.
+    pub fn swallowed_ready(&mut self, end: usize) {
+        if let Some(cut) = self.pending.as_mut() {
+            if end > self.from {
+                cut.readies = cut.readies.saturating_sub(1);
+            }
+        }
+        self.advanced(end);
+    }
+
     /// The reply buffer lost `n` bytes at its front (written or cut).
     pub fn advanced(&mut self, n: usize) {
         self.from = self.from.saturating_sub(n);
@@ -214,6 +227,23 @@ mod tests {
         assert_eq!(&buf[..], &error[..], "nothing cut");
         assert!(!inline.push("pgrouter_2".into(), ParsePosition::Skipped, 0));
         assert!(!inline.is_pending());
+    }
+
+    #[test]
+    fn a_swallowed_ready_for_query_counts_as_passed() {
+        let mut inline = InlineParse::default();
+        // A deferred BEGIN went first: its ReadyForQuery is owed too.
+        assert!(inline.push("pgrouter_1".into(), after(1, 0), 0));
+        let mut prelude = message(b'C', b"BEGIN\0");
+        prelude.extend(message(b'Z', b"T"));
+        inline.swallowed_ready(prelude.len());
+        let mut buf = replies(&[message(b'1', b""), message(b'2', b"")]);
+        let mut judged = 0;
+        assert!(matches!(
+            inline.settle(&mut buf, &mut judged),
+            Settled::Done
+        ));
+        assert_eq!(&buf[..], &message(b'2', b"")[..]);
     }
 
     #[test]

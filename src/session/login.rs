@@ -59,7 +59,7 @@ pub async fn login(
 async fn fail(stream: &mut TcpStream, peer: SocketAddr, error: ClientError) {
     match &error {
         ClientError::Fatal { code, message } => {
-            tracing::warn!(%peer, code, %message, "client login failed");
+            tracing::warn!(%peer, code = &**code, %message, "client login failed");
             send_fatal(stream, code, message).await;
         }
         ClientError::Closed => tracing::debug!(%peer, "client left during login"),
@@ -126,8 +126,18 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<Handshake,
         Some(pinned) => pinned,
     };
     let (settings, reported) = startup_settings(&params);
+    // Who the session is, chosen at startup, lives on the server
+    // connection: the client keeps one (see `pin::changes_identity`).
+    let startup_pin = reported
+        .iter()
+        .any(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name == "role" || name == "session_authorization"
+        })
+        .then_some("startup role");
     Ok(Handshake::Ready(Identity {
         settings,
+        startup_pin,
         reported,
         read_only_default: read_only_default(&params),
         user: user.into(),

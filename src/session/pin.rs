@@ -23,18 +23,39 @@ pub enum SessionEffect {
 
 /// What a statement of this classification and text does to the session.
 pub fn effect(class: &Classification, sql: Option<&str>) -> SessionEffect {
-    match class.kind {
-        Kind::SessionState("discard") => SessionEffect::Discard,
-        Kind::SessionState("deallocate") => SessionEffect::Deallocate,
-        Kind::SessionState("reset") => SessionEffect::Reset,
+    // Alone, a statement's own effect; among others (`SET ...; INSERT`),
+    // any change to the session pins.
+    let alone = class.statements <= 1;
+    if class.kind == Kind::Unparsable && sql.is_some_and(|sql| may_change_session(sql.as_bytes())) {
+        // Fail closed: what cannot be read may change anything, even who
+        // the session is (`set Role to x` is PostgreSQL, not sqlparser).
+        return SessionEffect::Pin("unparsable");
+    }
+    match class.session_state() {
+        Some("discard") if alone => SessionEffect::Discard,
+        Some("deallocate") if alone => SessionEffect::Deallocate,
+        Some("reset") if alone => SessionEffect::Reset,
         // UNLISTEN and EXECUTE only touch state that already pinned.
-        Kind::SessionState("unlisten" | "execute") => SessionEffect::None,
+        Some("unlisten" | "execute") => SessionEffect::None,
         // Releasing advisory locks (as connection pools do on every
         // release) holds nothing.
-        Kind::SessionState("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
-        Kind::SessionState(what) => SessionEffect::Pin(what),
-        _ => SessionEffect::None,
+        Some("advisory lock") if sql.is_some_and(only_unlocks) => SessionEffect::None,
+        Some(what) => SessionEffect::Pin(what),
+        // A DO block may set anything with set_config: what the connection
+        // carries is not known after it.
+        None if class.kind == Kind::Write("do") => SessionEffect::Reset,
+        None => SessionEffect::None,
     }
+}
+
+/// Whether a pin's reason changes who the session is (its role or
+/// session user): such a connection is closed when its client leaves,
+/// never reset and handed on, since a reset query need not undo it.
+pub fn changes_identity(reason: &str) -> bool {
+    matches!(
+        reason,
+        "set role" | "set session authorization" | "set_config" | "startup role" | "unparsable"
+    )
 }
 
 /// Whether every advisory-lock function a text calls is an unlock.
@@ -46,9 +67,64 @@ fn only_unlocks(sql: &str) -> bool {
 
 /// Whether a DEALLOCATE statement drops every prepared statement.
 pub fn deallocates_all(sql: &str) -> bool {
-    sql.split(|c: char| c.is_whitespace() || c == ';')
-        .rfind(|w| !w.is_empty())
+    words(sql)
+        .last()
         .is_some_and(|w| w.eq_ignore_ascii_case("all"))
+}
+
+/// The words of a short statement, without its comments (a routing hint
+/// must not hide what the statement does).
+fn words(sql: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, after)| after);
+        } else if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, after)| after);
+        } else if rest.is_empty() {
+            return words;
+        } else {
+            let ends_word = |(at, c): &(usize, char)| {
+                c.is_whitespace()
+                    || *c == ';'
+                    || rest[*at..].starts_with("/*")
+                    || rest[*at..].starts_with("--")
+            };
+            let end = rest
+                .char_indices()
+                .find(ends_word)
+                .map_or(rest.len(), |(at, _)| at);
+            words.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+    }
+}
+
+/// The statement a `DEALLOCATE [PREPARE] name` drops, as PostgreSQL folds
+/// its name; `None` for `DEALLOCATE ALL` and anything else.
+pub fn deallocated(sql: &str) -> Option<String> {
+    let words = words(sql);
+    let name = match words.as_slice() {
+        [deallocate, name] if deallocate.eq_ignore_ascii_case("deallocate") => name,
+        [deallocate, prepare, name]
+            if deallocate.eq_ignore_ascii_case("deallocate")
+                && prepare.eq_ignore_ascii_case("prepare") =>
+        {
+            name
+        }
+        _ => return None,
+    };
+    if name.eq_ignore_ascii_case("all") {
+        return None;
+    }
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.to_owned(),
+            None => name.to_lowercase(),
+        },
+    )
 }
 
 /// Whether a SQL text may change session state, judged from its words
@@ -137,6 +213,24 @@ mod tests {
     }
 
     #[test]
+    fn deallocate_is_read_without_its_comments() {
+        assert_eq!(
+            deallocated("DEALLOCATE pgrouter_1 /* pgrouter: replica */").as_deref(),
+            Some("pgrouter_1")
+        );
+        assert_eq!(
+            deallocated("deallocate prepare \"S1\";").as_deref(),
+            Some("S1")
+        );
+        assert_eq!(deallocated("-- x\nDEALLOCATE S1").as_deref(), Some("s1"));
+        assert_eq!(deallocated("DEALLOCATE ALL /* pgrouter: replica */"), None);
+        assert!(deallocates_all("DEALLOCATE ALL /* pgrouter: replica */"));
+        assert!(deallocates_all("deallocate prepare all;"));
+        assert!(!deallocates_all("DEALLOCATE s1"));
+        assert_eq!(deallocated("DEALLOCATE a b"), None);
+    }
+
+    #[test]
     fn effects_follow_the_classification() {
         let of = |sql: &str| effect(&classify(sql), Some(sql));
         assert_eq!(of("LISTEN ch"), SessionEffect::Pin("listen"));
@@ -154,5 +248,11 @@ mod tests {
         assert_eq!(of("RESET ALL"), SessionEffect::Reset);
         assert_eq!(of("SELECT 1"), SessionEffect::None);
         assert_eq!(of("SET LOCAL work_mem = '1MB'"), SessionEffect::None);
+        assert_eq!(of("set Role to tenant"), SessionEffect::Pin("unparsable"));
+        assert_eq!(of("DO $$ BEGIN NULL; END $$"), SessionEffect::Reset);
+        assert_eq!(
+            of("SET work_mem = '3MB'; INSERT INTO t VALUES (1)"),
+            SessionEffect::Pin("set")
+        );
     }
 }

@@ -40,8 +40,20 @@ use tokio_util::io::poll_read_buf;
 /// the server has taken some: bounds memory per client.
 const CLIENT_READ_AHEAD: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-/// A guarded request larger than this is not kept for a retry.
+/// A guarded request larger than this is not kept for a retry, and held
+/// replies past it are delivered (the request is then not retried).
 const GUARD_LIMIT: usize = 1024 * 1024;
+/// Room made at a time for a message still arriving: memory grows with
+/// the bytes that come, not with the length a client declares.
+const MAX_RESERVATION: usize = 256 * 1024;
+
+/// How much room to make for the rest of a message of `declared` bytes of
+/// which `have` have arrived.
+pub(super) fn reservation(declared: usize, have: usize) -> usize {
+    declared
+        .saturating_sub(have)
+        .clamp(READ_CHUNK, MAX_RESERVATION)
+}
 
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -364,7 +376,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             }
             if all_sent && self.server.read_buf.is_empty() && !holding {
                 if p.split == Split::BeforeRequest && self.server.state.at_rest() {
-                    if self.server.state.is_idle() {
+                    if self.server.state.is_idle() && self.pinned.is_none() {
                         return Poll::Ready(RelayEnd::Released);
                     }
                     // Inside a transaction the request belongs here after
@@ -403,12 +415,22 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                 }
             }
 
-            if !p.terminated && p.framed < CLIENT_READ_AHEAD {
-                let tail = &self.client_in[p.framed..];
-                let want = match frontend::declared_len(tail, self.max_message) {
-                    Ok(Some(len)) => len.saturating_sub(tail.len()).max(READ_CHUNK),
-                    Ok(None) => READ_CHUNK,
-                    Err(error) => return Poll::Ready(RelayEnd::ClientProtocol(error)),
+            // Every byte read from the client and not yet written to the
+            // server counts, rewritten ones included; an unfinished
+            // message may take it past the bound only by itself.
+            let buffered = p.framed + self.server_out.len();
+            let tail = &self.client_in[p.framed..];
+            let declared = match frontend::declared_len(tail, self.max_message) {
+                Ok(declared) => declared,
+                Err(error) => return Poll::Ready(RelayEnd::ClientProtocol(error)),
+            };
+            let unfinished = declared.is_some_and(|len| tail.len() < len);
+            let room =
+                buffered < CLIENT_READ_AHEAD && (tail.len() < CLIENT_READ_AHEAD || unfinished);
+            if !p.terminated && room {
+                let want = match declared {
+                    Some(len) => reservation(len, tail.len()),
+                    None => READ_CHUNK,
                 };
                 self.client_in.reserve(want);
                 match poll_read_buf(Pin::new(&mut *self.client), cx, self.client_in) {
@@ -459,9 +481,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
     /// statement that may write is. Only read leases pay for this look.
     fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
         let state = &self.server.state;
-        if state.at_rest() && !state.is_idle() {
-            // Inside a transaction every request belongs here, whatever it
-            // does, as on PostgreSQL.
+        if self.pinned.is_some() || (state.at_rest() && !state.is_idle()) {
+            // A pinned client keeps its connection for everything; inside a
+            // transaction every request belongs here, whatever it does, as
+            // on PostgreSQL.
             p.first_request = false;
             return true;
         }
@@ -577,7 +600,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         while self.swallow > 0 {
             let end = past_ready_for_query(replies, 0)?;
             replies.advance(end);
-            p.inline.advanced(end);
+            p.inline.swallowed_ready(end);
             self.swallow -= 1;
         }
         if p.inline.is_pending() {
@@ -589,6 +612,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                     self.server.statements.forget(&name);
                 }
             }
+        }
+        if self.guard.is_some() && replies.len() > GUARD_LIMIT {
+            // Held replies are bounded: past the limit they go out, and
+            // the request is no longer retried elsewhere.
+            self.guard = None;
         }
         if self.guard.is_some() {
             let (verdict, at) = judge(replies, p.judged);
@@ -660,7 +688,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                         *self.pinned = Some(reason);
                     }
                     // The server drops every prepared statement it holds.
-                    pin::SessionEffect::Discard => self.server.statements.clear(),
+                    pin::SessionEffect::Discard => {
+                        self.server.statements.clear();
+                        self.server.settings = crate::server::AppliedSettings::Unknown;
+                    }
                     pin::SessionEffect::Deallocate
                         if frontend::query_text(
                             &self.client_in[p.framed..p.framed + frame.len],
@@ -669,8 +700,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                     {
                         self.server.statements.clear();
                     }
-                    pin::SessionEffect::Deallocate => {}
-                    pin::SessionEffect::Reset => self.server.settings = None,
+                    // The server forgets that statement: so does what
+                    // pgrouter knows of it (a client naming one of
+                    // pgrouter's, say), and it is prepared again when used.
+                    pin::SessionEffect::Deallocate => {
+                        let message = &self.client_in[p.framed..p.framed + frame.len];
+                        if let Some(name) = frontend::query_text(message).and_then(pin::deallocated)
+                        {
+                            self.server.statements.forget(&name);
+                        }
+                    }
+                    pin::SessionEffect::Reset => {
+                        self.server.settings = crate::server::AppliedSettings::Unknown
+                    }
                     pin::SessionEffect::None => {}
                 }
             }

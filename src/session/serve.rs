@@ -3,19 +3,20 @@
 //! (transaction mode) or the session (session mode) ends, and give the
 //! connection back clean.
 
+use super::pin;
 use super::relay::{Lease, Relay, RelayEnd};
 use super::settings::SessionSettings;
 use super::stage::{PendingSetting, Serving, Stage, Waiting};
 use crate::client::{send_welcome, ClientError, Identity};
 use crate::clients::{Attention, ClientInfo, ClientState, Registration};
-use crate::config::{PoolMode, ReadYourWrites};
+use crate::config::{Pinning, PoolMode, ReadYourWrites};
 use crate::control::{Control, Shared};
 use crate::pool::{Pool, PoolSet, PooledServer};
 use crate::prepared::ClientStatements;
 use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
 use crate::router::{Decision, Reason, Router, SessionRoute, SessionWrites, Target};
-use crate::server::{prepared, reset, ServerError};
+use crate::server::{prepared, reset, AppliedSettings, ServerError};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +115,19 @@ impl Session {
                 return Err((stream, error));
             }
         };
+        let pool = &pools.nodes[first];
+        if identity.startup_pin.is_some() && pool.settings.pinning == Pinning::Error {
+            let message = "a startup role or session authorization would tie this session to \
+                           one server connection, and pinning = \"error\"";
+            let error = ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, message);
+            return Err((stream, error));
+        }
+        if let Some(settings) = &identity.settings {
+            let changes_identity = identity.startup_pin.is_some();
+            if let Err(error) = validate_settings(pool, settings, changes_identity).await {
+                return Err((stream, error));
+            }
+        }
         let cancel = control.clients.register(ClientInfo {
             peer,
             user: identity.user.clone(),
@@ -274,7 +288,7 @@ impl Session {
                 release_when_idle: self.mode == PoolMode::Transaction,
                 pinned: &mut serving.pinned,
                 replayed: match &serving.pending_setting {
-                    Some(PendingSetting::Set(_, sql)) => Some(sql.as_str()),
+                    Some(PendingSetting::Set(sql, _)) => Some(sql.as_str()),
                     _ => None,
                 },
                 swallow: std::mem::take(&mut serving.swallow),
@@ -356,7 +370,7 @@ impl Session {
                 RelayEnd::FailedBeforeAnswer(error) => {
                     self.shared
                         .topology
-                        .ban(decision.node, &format!("connection failed: {error}"));
+                        .connection_failed(decision.node, &format!("connection failed: {error}"));
                     self.drop_server(true);
                     self.rewind_for_retry();
                 }
@@ -400,14 +414,23 @@ impl Session {
         if let Some(pending) = pending_setting {
             if server.state.errors() == request.errors_before {
                 match pending {
-                    PendingSetting::Set(name, sql) => {
-                        self.settings.set(name, &sql);
+                    PendingSetting::Set(_, setting) => {
+                        self.settings.set(setting);
                         // The connection ran it: it has the settings now.
-                        server.settings = self.settings.query().clone();
+                        server.settings = match self.settings.query() {
+                            Some(query) => AppliedSettings::Client(query.clone()),
+                            None => AppliedSettings::Default,
+                        };
                     }
                     PendingSetting::Reset(name) => {
                         self.settings.reset(name.as_deref());
-                        server.settings = None;
+                        // RESET ALL leaves the connection as opened; a
+                        // RESET of one parameter leaves the others, and
+                        // that one at the connection's default.
+                        server.settings = match name {
+                            None => AppliedSettings::Default,
+                            Some(_) => AppliedSettings::Unknown,
+                        };
                     }
                 }
             }
@@ -522,7 +545,7 @@ impl Session {
         self.stream.readable().await?;
         let partial = &self.in_buf[at..];
         let want = match frontend::declared_len(partial, self.max_message)? {
-            Some(len) => len.saturating_sub(partial.len()).max(READ_CHUNK),
+            Some(len) => super::relay::reservation(len, partial.len()),
             None => READ_CHUNK,
         };
         self.in_buf.reserve(want);
@@ -627,14 +650,30 @@ impl Session {
             mut server,
             request,
             pinned,
+            pending_setting,
             ..
         }) = self.stage.stop_serving(false)
         else {
             return;
         };
+        if pending_setting.is_some() {
+            // A SET or RESET the client did not wait for may have run.
+            server.settings = AppliedSettings::Unknown;
+        }
         self.shared
             .router
             .finished(request.decision.node, request.started);
+        if pinned.is_some_and(pin::changes_identity) {
+            // Who the session is may outlive any reset query: the
+            // connection is never handed on.
+            tracing::debug!(
+                server = server.id(),
+                "closing a connection whose identity changed"
+            );
+            server.mark_broken();
+            Pool::release(server);
+            return;
+        }
         // A pinned client left session state on its connection: it is
         // reset like a session-mode connection before anyone else gets it.
         let reset_query = match (self.mode, pinned) {
@@ -665,6 +704,47 @@ impl Session {
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;
     }
+}
+
+/// Checks a client's startup settings against a server once, as
+/// PostgreSQL checks them at login: a value it refuses is a FATAL with its
+/// SQLSTATE now, not an error on every request later.
+async fn validate_settings(
+    pool: &Pool,
+    settings: &Arc<str>,
+    changes_identity: bool,
+) -> Result<(), ClientError> {
+    if pool.settings_validated(settings) {
+        return Ok(());
+    }
+    let mut server = pool
+        .checkout()
+        .await
+        .map_err(|error| ClientError::fatal(error.sqlstate(), error.to_string()))?;
+    let applied = super::acquire::apply_settings(&mut server, &Some(settings.clone())).await;
+    let outcome = match applied {
+        Ok(()) => {
+            pool.settings_accepted(settings);
+            Ok(())
+        }
+        Err(ServerError::Rejected { code, message }) => {
+            Err(ClientError::fatal_owned(code, message))
+        }
+        Err(error) => {
+            server.mark_broken();
+            Err(ClientError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                error.to_string(),
+            ))
+        }
+    };
+    if changes_identity {
+        // A role set at startup survives RESET ALL: the connection that
+        // checked it is not handed on.
+        server.mark_broken();
+    }
+    Pool::release(server);
+    outcome
 }
 
 /// What else a server connection checked out for this decision may run.

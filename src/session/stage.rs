@@ -7,6 +7,7 @@
 //! survive a request that never got one, a pin cannot exist without the
 //! connection it pins to.
 
+use super::settings::Setting;
 use super::transaction::LocalTransaction;
 use crate::pool::PooledServer;
 use crate::router::Decision;
@@ -60,7 +61,9 @@ pub(super) struct Request {
 }
 
 pub(super) enum PendingSetting {
-    Set(String, String),
+    /// The SET as the client wrote it (the relay knows it by its text),
+    /// and as it is replayed.
+    Set(String, Setting),
     /// `None`: RESET ALL.
     Reset(Option<String>),
 }

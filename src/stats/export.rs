@@ -126,9 +126,13 @@ fn publish_once(control: &Control) {
         gauge!("pgrouter_node_up", "node" => name.clone()).set(flag(node.healthy()));
         gauge!("pgrouter_node_primary", "node" => name.clone()).set(flag(node.is_primary()));
         gauge!("pgrouter_node_banned", "node" => name.clone()).set(flag(topology.is_banned(index)));
+        gauge!("pgrouter_node_false_primary", "node" => name.clone())
+            .set(flag(node.role().is_refused()));
         gauge!("pgrouter_replica_lag_seconds", "node" => name.clone())
             .set(node.lag().as_secs_f64());
         gauge!("pgrouter_replica_lag_bytes", "node" => name.clone()).set(node.lag_bytes() as f64);
+        counter!("pgrouter_false_primaries_total", "node" => name.clone())
+            .absolute(node.false_primaries());
         counter!("pgrouter_node_bans_total", "node" => name).absolute(node.bans());
     }
 }

@@ -1,38 +1,58 @@
-//! What pgrouter knows about its nodes right now: which one is the primary,
-//! which are up, how far each replica lags, which are banned. Monitors write
-//! it, the router reads it on every routing decision, so it is all atomics.
+//! What pgrouter knows about its nodes right now: which one takes the
+//! writes, which are in service, how far each replica lags, which are
+//! banned or refused. Monitors and sessions report to it; the router reads
+//! it on every routing decision, so what the router reads is atomics,
+//! published from a ledger that reports update under a lock.
 
+mod election;
+mod health;
 mod history;
 pub mod lsn;
 pub mod monitor;
+mod reports;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{Config, NodeRole};
+use election::{Check, Claim};
+pub use election::{Refusal, Role, Timeline, WriteTarget};
+use health::{BanRules, Health, Millis};
 use history::PrimaryHistory;
 pub use lsn::Lsn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use reports::Announce;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// `Topology::primary`'s encodings of the write targets that are no node.
 const NO_PRIMARY: usize = usize::MAX;
+const CONTESTED: usize = usize::MAX - 1;
 
 pub struct NodeState {
     pub name: Arc<str>,
     pub configured_role: NodeRole,
     pub weight: u32,
-    /// Whether the node is the primary now: its configured role, or for
-    /// role = "auto" what pg_is_in_recovery() last said.
-    is_primary: AtomicBool,
+    /// The role the last election gave the node (`Role::encode`).
+    role: AtomicU8,
+    /// Whether the node may take traffic (`Health::in_service`).
+    in_service: AtomicBool,
     /// The last check succeeded.
     healthy: AtomicBool,
-    /// Milliseconds since the topology started; 0: not banned.
-    banned_until: AtomicU64,
     /// The primary's current WAL position, or a replica's replayed one.
     lsn: AtomicU64,
     lag_bytes: AtomicU64,
     lag_millis: AtomicU64,
+    /// The timeline of the node's last answer.
+    timeline: AtomicU32,
     /// Times the node was banned, since pgrouter started.
     bans: AtomicU64,
+    /// Times the node was found out of recovery while it may not take
+    /// writes (a false primary, or contested), since pgrouter started.
+    refusals: AtomicU64,
     pub address: String,
 }
 
@@ -41,8 +61,17 @@ impl NodeState {
         self.bans.load(Relaxed)
     }
 
+    pub fn false_primaries(&self) -> u64 {
+        self.refusals.load(Relaxed)
+    }
+
+    pub fn role(&self) -> Role {
+        Role::decode(self.role.load(Relaxed))
+    }
+
+    /// Whether the node takes the writes now.
     pub fn is_primary(&self) -> bool {
-        self.is_primary.load(Relaxed)
+        self.role() == Role::Primary
     }
 
     pub fn healthy(&self) -> bool {
@@ -60,6 +89,11 @@ impl NodeState {
     pub fn lag(&self) -> Duration {
         Duration::from_millis(self.lag_millis.load(Relaxed))
     }
+
+    /// The timeline of the node's last answer (0 before the first).
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.load(Relaxed)
+    }
 }
 
 /// One monitor round's findings for a node.
@@ -70,6 +104,9 @@ pub struct Sample {
     pub lsn: Lsn,
     /// pg_current_wal_insert_lsn() on a primary.
     pub insert_lsn: Option<Lsn>,
+    /// The timeline the node writes WAL on (out of recovery), or of its
+    /// last restartpoint (in recovery).
+    pub timeline: Timeline,
     /// When the check was sent.
     pub asked_at: Instant,
 }
@@ -83,9 +120,47 @@ pub struct InsertPosition {
     pub epoch: u64,
 }
 
+/// Whether a node takes traffic, as SHOW NODES tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Up,
+    /// Failed checks or connections in a row, not banned (yet).
+    Failing(u32),
+    Banned,
+    /// The node taking the writes fails its checks or connections.
+    Unreachable,
+    /// Out of recovery while it may not take writes: no traffic at all.
+    Refused,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Failing(_) => "failing",
+            Status::Banned => "banned",
+            Status::Unreachable => "unreachable",
+            Status::Refused => "refused",
+        }
+    }
+}
+
+/// What the monitors and sessions reported, by node: the election needs
+/// every node's last answer at once, so reports update it under one lock.
+struct Ledger {
+    checks: Vec<Check>,
+    /// What each node's past answers hold against it in elections.
+    claims: Vec<Claim>,
+    health: Vec<Health>,
+    /// The newest timeline any node answered with, ever: a primary that a
+    /// failover left behind stays refused while the promoted node is away.
+    newest_timeline: Timeline,
+}
+
 pub struct Topology {
     nodes: Vec<NodeState>,
     started: Instant,
+    /// The write target: a node's index, `NO_PRIMARY` or `CONTESTED`.
     primary: AtomicUsize,
     /// Bumped whenever another node becomes the primary; WAL positions
     /// taken under an older epoch mean nothing on the new timeline.
@@ -95,7 +170,11 @@ pub struct Topology {
     epoch_floor: AtomicU64,
     history: PrimaryHistory,
     insert_position: parking_lot::Mutex<Option<InsertPosition>>,
-    ban_time: Duration,
+    ledger: parking_lot::Mutex<Ledger>,
+    /// Woken when the write target changes (and on retirement), for the
+    /// requests that wait for a primary (`failover_hold`).
+    elected: Notify,
+    rules: BanRules,
     max_lag: Duration,
     max_lag_bytes: u64,
     /// A reload replaced this topology: its monitors stop.
@@ -109,18 +188,25 @@ impl Topology {
             .iter()
             .map(|node| {
                 let role = *node.role.get_ref();
+                let elected = match role {
+                    NodeRole::Primary => Role::Primary,
+                    NodeRole::Replica => Role::Replica,
+                    NodeRole::Auto => Role::Unknown,
+                };
                 NodeState {
                     name: node.name.get_ref().as_str().into(),
                     configured_role: role,
                     weight: node.weight,
-                    is_primary: AtomicBool::new(role == NodeRole::Primary),
+                    role: AtomicU8::new(elected.encode()),
                     // Optimistic until the first check says otherwise.
+                    in_service: AtomicBool::new(true),
                     healthy: AtomicBool::new(true),
-                    banned_until: AtomicU64::new(0),
                     lsn: AtomicU64::new(0),
                     lag_bytes: AtomicU64::new(0),
                     lag_millis: AtomicU64::new(0),
+                    timeline: AtomicU32::new(0),
                     bans: AtomicU64::new(0),
+                    refusals: AtomicU64::new(0),
                     address: node.address.to_string(),
                 }
             })
@@ -130,6 +216,12 @@ impl Topology {
             .position(|n| n.configured_role == NodeRole::Primary)
             .unwrap_or(NO_PRIMARY);
         let routing = &config.routing;
+        let ledger = Ledger {
+            checks: vec![Check::Pending; nodes.len()],
+            claims: vec![Claim::Clear; nodes.len()],
+            health: vec![Health::Up; nodes.len()],
+            newest_timeline: 0,
+        };
         Topology {
             nodes,
             started: Instant::now(),
@@ -138,7 +230,12 @@ impl Topology {
             epoch_floor: AtomicU64::new(0),
             history: PrimaryHistory::default(),
             insert_position: parking_lot::Mutex::new(None),
-            ban_time: routing.ban_time.0,
+            ledger: parking_lot::Mutex::new(ledger),
+            elected: Notify::new(),
+            rules: BanRules {
+                ban_after: *routing.ban_after.get_ref(),
+                ban_time: routing.ban_time.0.as_millis() as Millis,
+            },
             max_lag: routing.max_replica_lag.0,
             max_lag_bytes: routing.max_replica_lag_bytes.0,
             retired: AtomicBool::new(false),
@@ -149,33 +246,54 @@ impl Topology {
     /// the nodes both have (same name and address), so that routing goes
     /// on as before until the new monitors have checked them.
     pub fn inherit(&self, old: &Topology) {
-        for node in &self.nodes {
+        let old_ledger = old.ledger.lock();
+        let mut ledger = self.ledger.lock();
+        ledger.newest_timeline = ledger.newest_timeline.max(old_ledger.newest_timeline);
+        // The clocks of the two topologies started at different times.
+        let (old_now, now) = (old.now_millis(), self.now_millis());
+        let shift = |at: Millis| (at + now).saturating_sub(old_now);
+        for (index, node) in self.nodes.iter().enumerate() {
             let Some(before) = old
                 .nodes
                 .iter()
-                .find(|o| o.name == node.name && o.address == node.address)
+                .position(|o| o.name == node.name && o.address == node.address)
             else {
                 continue;
             };
-            node.healthy.store(before.healthy(), Relaxed);
-            if node.configured_role == NodeRole::Auto {
-                node.is_primary.store(before.is_primary(), Relaxed);
-            }
-            node.lsn.store(before.lsn.load(Relaxed), Relaxed);
-            node.lag_bytes.store(before.lag_bytes(), Relaxed);
-            node.lag_millis
-                .store(before.lag_millis.load(Relaxed), Relaxed);
-            node.bans.store(before.bans(), Relaxed);
-            let banned_for = before
-                .banned_until
-                .load(Relaxed)
-                .saturating_sub(old.now_millis());
-            if banned_for > 0 {
-                node.banned_until
-                    .store(self.now_millis() + banned_for, Relaxed);
-            }
+            let was = &old.nodes[before];
+            ledger.checks[index] = old_ledger.checks[before];
+            ledger.claims[index] = old_ledger.claims[before];
+            let health = match old_ledger.health[before] {
+                Health::Up => Health::Up,
+                Health::Failing { failures, since } => Health::Failing {
+                    failures,
+                    since: shift(since),
+                },
+                Health::Banned { since, until } => Health::Banned {
+                    since: shift(since),
+                    until: shift(until),
+                },
+            };
+            ledger.health[index] = health;
+            node.in_service.store(health.in_service(), Relaxed);
+            node.healthy.store(was.healthy(), Relaxed);
+            node.role.store(was.role.load(Relaxed), Relaxed);
+            node.lsn.store(was.lsn.load(Relaxed), Relaxed);
+            node.lag_bytes.store(was.lag_bytes(), Relaxed);
+            node.lag_millis.store(was.lag_millis.load(Relaxed), Relaxed);
+            node.timeline.store(was.timeline(), Relaxed);
+            node.bans.store(was.bans(), Relaxed);
+            node.refusals.store(was.false_primaries(), Relaxed);
         }
-        self.elect_primary_quietly();
+        drop(old_ledger);
+        // The node that took the writes keeps them, under its new index.
+        let current = old.primary().and_then(|before| {
+            let name = &old.nodes[before].name;
+            self.nodes.iter().position(|n| &n.name == name)
+        });
+        self.primary.store(current.unwrap_or(NO_PRIMARY), Relaxed);
+        self.elect(&mut ledger, Announce::No);
+        drop(ledger);
         // The same primary: positions taken before the reload stay valid.
         let same_primary = match (self.primary(), old.primary()) {
             (Some(new), Some(before)) => self.nodes[new].name == old.nodes[before].name,
@@ -190,26 +308,15 @@ impl Topology {
         }
     }
 
-    fn elect_primary_quietly(&self) {
-        let elected = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].is_primary() && self.nodes[i].healthy())
-            .min_by_key(|&i| self.nodes[i].configured_role != NodeRole::Primary)
-            .unwrap_or(NO_PRIMARY);
-        self.primary.store(elected, Relaxed);
-    }
-
     pub fn retire(&self) {
         self.retired.store(true, Relaxed);
+        // Requests waiting for a primary here would wait in vain: no
+        // monitor reports to a retired topology.
+        self.elected.notify_waiters();
     }
 
     pub fn is_retired(&self) -> bool {
         self.retired.load(Relaxed)
-    }
-
-    /// How much longer the node stays banned.
-    pub fn ban_left(&self, index: usize) -> Duration {
-        let until = self.nodes[index].banned_until.load(Relaxed);
-        Duration::from_millis(until.saturating_sub(self.now_millis()))
     }
 
     pub fn nodes(&self) -> &[NodeState] {
@@ -220,10 +327,40 @@ impl Topology {
         &self.nodes[index]
     }
 
-    /// The node that takes writes now, if any is known.
+    /// The node that takes writes now, if any.
     pub fn primary(&self) -> Option<usize> {
         let index = self.primary.load(Relaxed);
-        (index != NO_PRIMARY).then_some(index)
+        (index < self.nodes.len()).then_some(index)
+    }
+
+    /// The node that takes writes now, or why none does.
+    pub fn write_target(&self) -> WriteTarget {
+        match self.primary.load(Relaxed) {
+            CONTESTED => WriteTarget::Contested,
+            index if index < self.nodes.len() => WriteTarget::Node(index),
+            _ => WriteTarget::None,
+        }
+    }
+
+    /// Waits up to `hold` while no node may take the writes, for one to
+    /// be elected; returns the write target then. A contested election is
+    /// not waited out: it ends only when a node steps down.
+    pub async fn wait_for_primary(&self, hold: Duration) -> WriteTarget {
+        let deadline = Instant::now() + hold;
+        loop {
+            let elected = self.elected.notified();
+            tokio::pin!(elected);
+            // Registered before looking, so that an election in between
+            // is not missed.
+            elected.as_mut().enable();
+            let target = self.write_target();
+            if target != WriteTarget::None || self.is_retired() {
+                return target;
+            }
+            if tokio::time::timeout_at(deadline, elected).await.is_err() {
+                return self.write_target();
+            }
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -241,109 +378,56 @@ impl Topology {
         Lsn(self.epoch_floor.load(Relaxed))
     }
 
-    fn now_millis(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 + 1
+    fn now_millis(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis + 1
     }
 
+    /// Whether the node is banned. The write target never is: a ban
+    /// would not move the writes anywhere.
     pub fn is_banned(&self, index: usize) -> bool {
-        self.nodes[index].banned_until.load(Relaxed) > self.now_millis()
+        self.primary() != Some(index) && self.ledger.lock().health[index].is_banned()
     }
 
-    /// Takes a node out of service for `ban_time`.
-    pub fn ban(&self, index: usize, why: &str) {
-        let node = &self.nodes[index];
-        let until = self.now_millis() + self.ban_time.as_millis() as u64;
-        let before = node.banned_until.swap(until, Relaxed);
-        if before <= self.now_millis() {
-            node.bans.fetch_add(1, Relaxed);
-            tracing::warn!(node = %node.name, reason = why, ban_time = ?self.ban_time, "node banned");
+    /// How much longer the node's ban runs before a good check may lift
+    /// it (zero: only the good check is missing); `None` when not banned.
+    pub fn ban_left(&self, index: usize) -> Option<Duration> {
+        if self.primary() == Some(index) {
+            return None;
         }
+        self.ledger.lock().health[index].ban_left(self.now_millis())
+    }
+
+    /// Whether the node takes traffic, and if not why.
+    pub fn status(&self, index: usize) -> Status {
+        if self.nodes[index].role().is_refused() {
+            return Status::Refused;
+        }
+        let health = self.ledger.lock().health[index];
+        match health {
+            Health::Up => Status::Up,
+            _ if self.primary() == Some(index) => Status::Unreachable,
+            Health::Banned { .. } => Status::Banned,
+            Health::Failing { .. } => Status::Failing(health.failures(self.rules)),
+        }
+    }
+
+    /// Failures in a row the node has had (checks or connections).
+    pub fn failures(&self, index: usize) -> u32 {
+        self.ledger.lock().health[index].failures(self.rules)
     }
 
     /// Whether the node may take traffic at all.
     pub fn is_available(&self, index: usize) -> bool {
-        self.nodes[index].healthy() && !self.is_banned(index)
+        self.nodes[index].in_service.load(Relaxed)
     }
 
-    /// Whether a replica may serve reads: available and not too far behind.
+    /// Whether a replica may serve reads: a replica, in service and not too
+    /// far behind.
     pub fn replica_in_service(&self, index: usize) -> bool {
         let node = &self.nodes[index];
-        !node.is_primary()
+        node.role() == Role::Replica
             && self.is_available(index)
             && node.lag_bytes() <= self.max_lag_bytes
             && node.lag() <= self.max_lag
-    }
-
-    /// Records a failed check: the node is down and banned.
-    pub fn check_failed(&self, index: usize, why: &str) {
-        self.nodes[index].healthy.store(false, Relaxed);
-        self.ban(index, why);
-        if self.primary() == Some(index) && self.nodes[index].configured_role == NodeRole::Auto {
-            self.elect_primary();
-        }
-    }
-
-    /// Records a successful check.
-    pub fn report(&self, index: usize, sample: Sample) {
-        let node = &self.nodes[index];
-        let was_healthy = node.healthy.swap(true, Relaxed);
-        if !was_healthy {
-            tracing::info!(node = %node.name, "node is up");
-        }
-        node.lsn.store(sample.lsn.0, Relaxed);
-        if node.configured_role == NodeRole::Auto {
-            node.is_primary.store(!sample.in_recovery, Relaxed);
-        }
-        if node.is_primary() {
-            self.history.record(self.started.elapsed(), sample.lsn);
-            if let (Some(lsn), Some(_)) =
-                (sample.insert_lsn, self.primary().filter(|&p| p == index))
-            {
-                *self.insert_position.lock() = Some(InsertPosition {
-                    asked_at: sample.asked_at,
-                    lsn,
-                    epoch: self.epoch(),
-                });
-            }
-            node.lag_bytes.store(0, Relaxed);
-            node.lag_millis.store(0, Relaxed);
-        } else {
-            let primary_lsn = self.primary().map_or(sample.lsn, |p| self.nodes[p].lsn());
-            let behind = primary_lsn.0.saturating_sub(sample.lsn.0);
-            let lag = if behind == 0 {
-                Duration::ZERO
-            } else {
-                self.history.lag_behind(self.started.elapsed(), sample.lsn)
-            };
-            node.lag_bytes.store(behind, Relaxed);
-            node.lag_millis.store(lag.as_millis() as u64, Relaxed);
-        }
-        if node.configured_role == NodeRole::Auto || self.primary().is_none() {
-            self.elect_primary();
-        }
-    }
-
-    /// Picks the primary among the nodes that say they are one: a
-    /// configured primary first, then the first `auto` node in config order.
-    fn elect_primary(&self) {
-        let claims = |index: &usize| {
-            let node = &self.nodes[*index];
-            node.is_primary() && node.healthy()
-        };
-        let elected = (0..self.nodes.len())
-            .filter(claims)
-            .min_by_key(|&i| self.nodes[i].configured_role != NodeRole::Primary)
-            .unwrap_or(NO_PRIMARY);
-        let before = self.primary.swap(elected, Relaxed);
-        if before != elected && elected != NO_PRIMARY {
-            let node = &self.nodes[elected];
-            self.epoch_floor.store(node.lsn().0, Relaxed);
-            self.epoch.fetch_add(1, Relaxed);
-            self.history.clear();
-            *self.insert_position.lock() = None;
-            tracing::warn!(node = %node.name, "node is now the primary");
-        } else if before != elected {
-            tracing::warn!("no primary is reachable");
-        }
     }
 }

@@ -1,19 +1,30 @@
-//! One monitor per node, over a connection of its own: liveness, role and
-//! WAL position every `monitor_interval`.
+//! One monitor per node, over a connection of its own: liveness, role,
+//! timeline and WAL position every `monitor_interval`.
 
-use super::{Lsn, Sample, Topology};
+use super::{Lsn, Sample, Timeline, Topology};
 use crate::config::Address;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, Statement};
 
-/// One query answers everything, on a primary as on a replica.
-const CHECK: &str = "SELECT pg_is_in_recovery(), \
-    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-     ELSE pg_current_wal_lsn() END)::text, \
-    (CASE WHEN pg_is_in_recovery() THEN NULL \
-     ELSE pg_current_wal_insert_lsn() END)::text";
+/// One query answers everything, on a primary as on a replica, in one
+/// round trip. pg_is_in_recovery() is asked once (the subquery is not
+/// flattened: the function is volatile), so a promotion between two calls
+/// cannot mix a replica's answers with a primary's.
+///
+/// The timeline of a node out of recovery is that of the WAL it writes
+/// (the first 8 hex digits of the current segment's file name):
+/// pg_control_checkpoint() still shows the old timeline after a promotion
+/// until the first checkpoint completes, which a spread checkpoint can
+/// take minutes to. In recovery only the last restartpoint's timeline is
+/// there to read; it is only compared, never trusted to elect.
+const CHECK: &str = "SELECT r, \
+    (CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+    (CASE WHEN r THEN NULL ELSE pg_current_wal_insert_lsn() END)::text, \
+    CASE WHEN r THEN (pg_control_checkpoint()).timeline_id::int8 \
+     ELSE ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int8 END \
+    FROM (SELECT pg_is_in_recovery() AS r OFFSET 0) AS recovery";
 
 pub struct MonitorTarget {
     pub index: usize,
@@ -97,10 +108,17 @@ impl Monitor {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
         let insert_lsn: Option<String> = row.try_get(2).map_err(|e| e.to_string())?;
+        let timeline: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
+        // Without a timeline the node cannot be placed in the election:
+        // a failed check, not a guess.
+        let timeline = timeline
+            .and_then(|t| Timeline::try_from(t).ok())
+            .ok_or("health check: no timeline")?;
         Ok(Sample {
             in_recovery,
             lsn: lsn.as_deref().and_then(Lsn::parse).unwrap_or_default(),
             insert_lsn: insert_lsn.as_deref().and_then(Lsn::parse),
+            timeline,
             asked_at,
         })
     }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod pgrouter;
+pub mod rng;
 pub mod wait;
 pub mod wire;
 

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn private_cluster(replicas: usize) -> Cluster {
+pub async fn private_cluster(replicas: usize) -> Cluster {
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(replicas))
         .await
         .unwrap();

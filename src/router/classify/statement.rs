@@ -297,7 +297,10 @@ fn classify_set(set: &Set) -> Kind {
                 // SET LOCAL lasts until the end of the transaction.
                 Kind::TransactionControl
             } else {
-                Kind::SessionState("set")
+                match identity_variable(variable) {
+                    Some(what) => Kind::SessionState(what),
+                    None => Kind::SessionState("set"),
+                }
             }
         }
         Set::SetRole {
@@ -319,6 +322,20 @@ fn classify_set(set: &Set) -> Kind {
         Set::ParenthesizedAssignments { .. }
         | Set::MultipleAssignments { .. }
         | Set::SetSessionParam(_) => Kind::SessionState("set"),
+    }
+}
+
+/// `role` and `session_authorization` set as plain parameters (`SET
+/// role = 'x'`, `SET "role" TO x`): they change who the session is, like
+/// `SET ROLE` and `SET SESSION AUTHORIZATION`.
+fn identity_variable(name: &ObjectName) -> Option<&'static str> {
+    let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
+        return None;
+    };
+    match ident.value.to_ascii_lowercase().as_str() {
+        "role" => Some("set role"),
+        "session_authorization" => Some("set session authorization"),
+        _ => None,
     }
 }
 

@@ -598,3 +598,31 @@ fn a_batch_is_judged_by_all_its_statements() {
     let session = classify("SET work_mem = '8MB'");
     assert_eq!(Classification::merged([&read, &session]).kind, S("set"));
 }
+
+#[test]
+fn every_spelling_of_a_role_change_is_one() {
+    for sql in [
+        "SET ROLE tenant",
+        "SET role='tenant'",
+        "SET role = 'tenant'",
+        "SET \"role\" TO tenant",
+        "SET SESSION ROLE tenant",
+    ] {
+        assert_eq!(classify(sql).kind, S("set role"), "{sql}");
+    }
+    for sql in [
+        "SET SESSION AUTHORIZATION bob",
+        "SET session_authorization = 'bob'",
+    ] {
+        assert_eq!(classify(sql).kind, S("set session authorization"), "{sql}");
+    }
+    assert_eq!(classify("SET LOCAL role = 'tenant'").kind, Tc);
+}
+
+#[test]
+fn a_set_beside_a_write_still_changes_the_session() {
+    let class = classify("SET work_mem = '3MB'; INSERT INTO t VALUES (1)");
+    assert_eq!(class.kind, W("insert"));
+    assert_eq!(class.session_state(), Some("set"));
+    assert_eq!(classify("SELECT 1").session_state(), None);
+}
