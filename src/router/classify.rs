@@ -171,6 +171,7 @@ pub fn classify_unparsed(sql: &str) -> Classification {
         functions: Vec::new(),
         hint: scan.hint,
         statements: kinds.len(),
+        session: session_state(&kinds),
     }
 }
 
@@ -184,6 +185,7 @@ pub fn classify_too_long(sql: &str) -> Classification {
         functions: Vec::new(),
         hint: None,
         statements: 2,
+        session: None,
     }
 }
 

@@ -56,7 +56,10 @@ pub(super) fn verdict(text: &str, inside: bool, label: &'static str) -> Kind {
         "prepare" if is(1, "transaction") => Kind::Write(label),
         "prepare" => session("prepare"),
         "declare" if holds(words) => session("declare with hold"),
-        "create" if any(1..3, &["temp", "temporary"]) => session("create temp table"),
+        // CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP[ORARY] ...
+        "create" if any(1..5, &["temp", "temporary"]) => session("create temp table"),
+        // What a DO block sets is not known: the session resets after it.
+        "do" => Kind::Write("do"),
         "select" | "with" | "values" | "table" if inside => inside_select(text, label),
         _ => Kind::Write(label),
     }
@@ -174,6 +177,8 @@ mod tests {
         ] {
             assert_eq!(of(sql), Kind::Write(NOT_PARSED_YET), "{sql}");
         }
+        // A DO block keeps its own label: the session treats it as one.
+        assert_eq!(of("DO $$ BEGIN NULL; END $$"), Kind::Write("do"));
     }
 
     #[test]
@@ -203,6 +208,10 @@ mod tests {
             ("CREATE TEMP TABLE t AS SELECT 1", "create temp table"),
             (
                 "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+                "create temp table",
+            ),
+            (
+                "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
                 "create temp table",
             ),
             ("SELECT pg_advisory_lock(1)", "advisory lock"),
