@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the per-message work: framing what
-//! clients send, scanning what servers answer for ReadyForQuery, and a
+//! clients send, scanning what servers answer for ReadyForQuery, a
 //! routing decision for a statement seen before and one seen for the
-//! first time.
+//! first time, and the prepared-statement lookups of a Parse and a Bind.
 //!
 //!     cargo bench --bench micro
 
@@ -187,5 +187,34 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, framing, scanning, routing);
+fn prepared(c: &mut Criterion) {
+    use pgrouter::prepared::{ClientStatements, Registry};
+    let registry = Registry::default();
+    let mut client = ClientStatements::default();
+    let query = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    let types = [0u8, 1, 0, 0, 0, 23];
+    // Other clients' statements, so that lookups are not in a tiny map.
+    let mut others = Vec::new();
+    for i in 0..1000 {
+        let text = format!("SELECT {i} FROM t WHERE a = $1");
+        others.push(registry.intern(text.as_bytes(), &types, || None));
+    }
+    let Ok(held) = registry.intern(query, &types, || None) else {
+        panic!("the registry is under its limit");
+    };
+    for i in 0..100 {
+        client.insert(&format!("s{i}"), held.clone());
+    }
+    let mut group = c.benchmark_group("prepared");
+    group.bench_function("Parse of a statement the registry holds", |b| {
+        b.iter(|| black_box(registry.intern(black_box(query), &types, || None)))
+    });
+    group.bench_function("Bind: the client's name to its statement", |b| {
+        b.iter(|| black_box(client.get(black_box("s42")).map(|s| s.parse.len())))
+    });
+    group.finish();
+    drop((others, held));
+}
+
+criterion_group!(benches, framing, scanning, routing, prepared);
 criterion_main!(benches);

@@ -5,7 +5,7 @@
 //!         [--seconds 10] [--rounds 3] [--pool 20] [--scale N]
 //!         [--workloads select-simple,select-extended,select-prepared,tpcb-simple,tpcb-extended,tpcb-prepared]
 //!         [--targets direct,pgrouter,pgbouncer,pgrouter-routing,pgrouter-ryw-off,pgrouter-multi,pgrouter-baseline,pgrouter-baseline-routing]
-//!         [--idle 2000]
+//!         [--idle 2000] [--head-of-line 20]
 //!
 //! Targets run interleaved (A B C, C B A, ...) so that drift hits all alike;
 //! each cell reports the median TPS, the average latency, the pooler's CPU
@@ -14,6 +14,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod head_of_line;
 mod pgbench;
 mod targets;
 
@@ -30,6 +31,7 @@ struct Options {
     workloads: Vec<String>,
     targets: Vec<String>,
     idle: Option<usize>,
+    head_of_line: Option<usize>,
 }
 
 fn options() -> Options {
@@ -53,6 +55,7 @@ fn options() -> Options {
             .map(String::from)
             .to_vec(),
         idle: None,
+        head_of_line: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let list = |v: &str| {
@@ -81,6 +84,7 @@ fn options() -> Options {
             "--workloads" => o.workloads = list(&value),
             "--targets" => o.targets = list(&value),
             "--idle" => o.idle = value.parse().ok(),
+            "--head-of-line" => o.head_of_line = value.parse().ok(),
             _ => {
                 // cargo bench adds --bench; anything else is ignored too.
                 i += 1;
@@ -202,6 +206,10 @@ fn main() {
     let targets = start_targets(&cluster, &o);
     if let Some(n) = o.idle {
         idle::run(&runtime, &targets, n);
+        return;
+    }
+    if let Some(n) = o.head_of_line {
+        head_of_line::run(&runtime, &targets, n, o.rounds);
         return;
     }
     let mut cells: HashMap<(String, usize, String), Cell> = HashMap::new();

@@ -23,6 +23,10 @@ const HELP: &[(&str, &str)] = &[
         "queries, transactions, bytes and times per pool",
     ),
     ("SHOW CONFIG", "the configuration in force"),
+    (
+        "SHOW CACHES",
+        "what each bounded structure holds, and its bound",
+    ),
     ("SHOW VERSION", "pgrouter's version"),
     (
         "PAUSE [db]",

@@ -3,6 +3,7 @@
 //! speaks the simple query protocol (what psql and tokio-postgres'
 //! `simple_query` use) and answers with ordinary result sets.
 
+mod caches;
 mod commands;
 mod show;
 

@@ -1,4 +1,5 @@
-//! SHOW POOLS, CLIENTS, SERVERS, NODES, STATS, CONFIG, VERSION.
+//! SHOW POOLS, CLIENTS, SERVERS, NODES, STATS, CONFIG, VERSION (and
+//! CACHES, in `caches.rs`).
 
 use super::Answer;
 use crate::clients::ClientState;
@@ -15,6 +16,7 @@ pub fn show(control: &Control, what: &str) -> Option<Answer> {
         "NODES" => nodes(control),
         "STATS" => stats(control),
         "CONFIG" => config(&control.current().config),
+        "CACHES" => super::caches::caches(control),
         "VERSION" => Answer::rows(
             &["version"],
             vec![vec![Some(format!(
@@ -359,6 +361,14 @@ fn config(config: &Config) -> Answer {
             pool.max_prepared_statements.to_string(),
         ),
         (
+            "pool.max_client_prepared_statements".into(),
+            pool.max_client_prepared_statements.get_ref().to_string(),
+        ),
+        (
+            "pool.max_distinct_prepared_statements".into(),
+            pool.max_distinct_prepared_statements.get_ref().to_string(),
+        ),
+        (
             "routing.read_write_split".into(),
             routing.read_write_split.to_string(),
         ),
@@ -373,6 +383,34 @@ fn config(config: &Config) -> Answer {
         (
             "routing.max_replica_lag".into(),
             format!("{:?}", routing.max_replica_lag.0),
+        ),
+        (
+            "routing.statement_cache_size".into(),
+            routing.statement_cache_size.to_string(),
+        ),
+        (
+            "routing.function_cache_size".into(),
+            routing.function_cache_size.to_string(),
+        ),
+        (
+            "routing.function_cache_ttl".into(),
+            format!("{:?}", routing.function_cache_ttl.0),
+        ),
+        (
+            "routing.classify_offload_size".into(),
+            routing.classify_offload_size.get_ref().0.to_string(),
+        ),
+        (
+            "routing.classify_max_size".into(),
+            routing.classify_max_size.get_ref().0.to_string(),
+        ),
+        (
+            "routing.classify_threads".into(),
+            routing.classify_threads.get_ref().to_string(),
+        ),
+        (
+            "routing.classify_queue".into(),
+            routing.classify_queue.to_string(),
         ),
         (
             "routing.ban_time".into(),

@@ -115,6 +115,14 @@ pub struct PoolDefaults {
     /// Prepared statements one server connection keeps (least recently
     /// used closed first).
     pub max_prepared_statements: usize,
+    /// Transaction mode: prepared statement names one client may hold;
+    /// past it the client's least recently used name is forgotten.
+    pub max_client_prepared_statements: Spanned<usize>,
+    /// Transaction mode: distinct prepared statements all clients together
+    /// may hold (one per query text and parameter types, however many
+    /// clients name it); past it a Parse of a new one is refused with
+    /// 53400. Not per database: the statements are shared.
+    pub max_distinct_prepared_statements: Spanned<usize>,
     /// Transaction mode: whether session state that cannot be moved
     /// between server connections pins the client to one ("allow") or is
     /// refused with 0A000 ("error").
@@ -127,6 +135,14 @@ pub enum Pinning {
     Allow,
     Error,
 }
+
+/// `pool.max_client_prepared_statements` unless configured: more than
+/// drivers keep by default (JDBC 256, psycopg 100), far fewer than a
+/// client that never closes its statements would make.
+pub const DEFAULT_MAX_CLIENT_PREPARED_STATEMENTS: usize = 2_000;
+/// `pool.max_distinct_prepared_statements` unless configured: about 100 MB
+/// of statements of a kilobyte each.
+pub const DEFAULT_MAX_DISTINCT_PREPARED_STATEMENTS: usize = 100_000;
 
 impl Default for PoolDefaults {
     fn default() -> Self {
@@ -141,6 +157,14 @@ impl Default for PoolDefaults {
             server_connect_timeout: secs(5),
             reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 500,
+            max_client_prepared_statements: Spanned::new(
+                0..0,
+                DEFAULT_MAX_CLIENT_PREPARED_STATEMENTS,
+            ),
+            max_distinct_prepared_statements: Spanned::new(
+                0..0,
+                DEFAULT_MAX_DISTINCT_PREPARED_STATEMENTS,
+            ),
             pinning: Pinning::Allow,
         }
     }
@@ -250,6 +274,7 @@ pub struct PoolSettings {
     pub server_connect_timeout: std::time::Duration,
     pub reset_query: String,
     pub max_prepared_statements: usize,
+    pub max_client_prepared_statements: usize,
     pub pinning: Pinning,
 }
 
@@ -277,6 +302,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| defaults.reset_query.clone()),
             max_prepared_statements: defaults.max_prepared_statements.max(1),
+            max_client_prepared_statements: *defaults.max_client_prepared_statements.get_ref(),
             pinning: db.pinning.unwrap_or(defaults.pinning),
         }
     }

@@ -83,6 +83,23 @@ pub struct RoutingConfig {
     pub monitor_database: Option<String>,
     /// Distinct SQL texts whose routing decision is remembered.
     pub statement_cache_size: usize,
+    /// Function names whose volatility (looked up in pg_proc) is
+    /// remembered; 0: looked up every time.
+    pub function_cache_size: usize,
+    /// How long a function's volatility is remembered, so that a changed
+    /// one is noticed.
+    pub function_cache_ttl: Duration,
+    /// SQL texts longer than this are classified on a helper thread, never
+    /// on the thread serving clients.
+    pub classify_offload_size: Spanned<ByteSize>,
+    /// SQL texts longer than this are not parsed: they are routed by
+    /// their first keyword, to the primary.
+    pub classify_max_size: Spanned<ByteSize>,
+    /// Threads that classify long texts.
+    pub classify_threads: Spanned<usize>,
+    /// Long texts waiting for a classify thread; past it a text is routed
+    /// to the primary unparsed.
+    pub classify_queue: usize,
 }
 
 impl Default for RoutingConfig {
@@ -106,6 +123,12 @@ impl Default for RoutingConfig {
             monitor_user: None,
             monitor_database: None,
             statement_cache_size: 10_000,
+            function_cache_size: 10_000,
+            function_cache_ttl: ms(60_000),
+            classify_offload_size: Spanned::new(0..0, ByteSize(8 << 10)),
+            classify_max_size: Spanned::new(0..0, ByteSize(1 << 20)),
+            classify_threads: Spanned::new(0..0, 1),
+            classify_queue: 32,
         }
     }
 }

@@ -132,6 +132,43 @@ fn duplicate_names_are_reported() {
 }
 
 #[test]
+fn bounds_have_defaults_and_are_checked() {
+    let config = Config::parse(MINIMAL).unwrap();
+    let (pool, routing) = (&config.pool, &config.routing);
+    assert_eq!(*pool.max_client_prepared_statements.get_ref(), 2000);
+    assert_eq!(*pool.max_distinct_prepared_statements.get_ref(), 100_000);
+    assert_eq!(routing.function_cache_size, 10_000);
+    assert_eq!(
+        routing.function_cache_ttl.0,
+        std::time::Duration::from_secs(60)
+    );
+    assert_eq!(routing.classify_offload_size.get_ref().0, 8 << 10);
+    assert_eq!(routing.classify_max_size.get_ref().0, 1 << 20);
+    assert_eq!(*routing.classify_threads.get_ref(), 1);
+    assert_eq!(routing.classify_queue, 32);
+    let settings = config.pool_settings(&config.databases[0]);
+    assert_eq!(settings.max_client_prepared_statements, 2000);
+
+    let text = format!(
+        "[pool]\nmax_client_prepared_statements = 0\nmax_distinct_prepared_statements = 0\n\
+         [routing]\nclassify_threads = 0\nclassify_offload_size = \"2MB\"\n{MINIMAL}"
+    );
+    let errors: Vec<String> = rejected(&text)
+        .into_iter()
+        .map(|e| format!("{:?} {}", e.position.map(|p| p.0), e.message))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "Some(2) pool.max_client_prepared_statements must be at least 1",
+            "Some(3) pool.max_distinct_prepared_statements must be at least 1",
+            "Some(5) routing.classify_threads must be between 1 and 64",
+            "Some(6) routing.classify_offload_size (2097152) exceeds routing.classify_max_size (1048576)",
+        ]
+    );
+}
+
+#[test]
 fn failover_keys_have_defaults_and_ban_after_is_at_least_one() {
     let config = Config::parse(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(*config.routing.ban_after.get_ref(), 2);

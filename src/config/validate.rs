@@ -52,6 +52,20 @@ fn check_server(config: &Config, report: &mut Report) {
     }
     let pool = &config.pool;
     check_pool_sizes(&pool.min_connections, &pool.max_connections, "pool", report);
+    for (value, key) in [
+        (
+            &pool.max_client_prepared_statements,
+            "pool.max_client_prepared_statements",
+        ),
+        (
+            &pool.max_distinct_prepared_statements,
+            "pool.max_distinct_prepared_statements",
+        ),
+    ] {
+        if *value.get_ref() == 0 {
+            report.at(value.span(), format!("{key} must be at least 1"));
+        }
+    }
 }
 
 fn check_pool_sizes(min: &Spanned<usize>, max: &Spanned<usize>, place: &str, report: &mut Report) {
@@ -156,6 +170,24 @@ fn check_routing(config: &Config, report: &mut Report) {
         report.at(
             0..0,
             "routing.statement_cache_size must be at least 1".into(),
+        );
+    }
+    let threads = &routing.classify_threads;
+    if !(1..=64).contains(threads.get_ref()) {
+        report.at(
+            threads.span(),
+            "routing.classify_threads must be between 1 and 64".into(),
+        );
+    }
+    let (offload, max) = (&routing.classify_offload_size, &routing.classify_max_size);
+    if offload.get_ref().0 > max.get_ref().0 {
+        report.at(
+            offload.span(),
+            format!(
+                "routing.classify_offload_size ({}) exceeds routing.classify_max_size ({})",
+                offload.get_ref().0,
+                max.get_ref().0
+            ),
         );
     }
 }

@@ -41,11 +41,19 @@ impl Shared {
         if let Some(previous) = previous {
             topology.inherit(&previous.topology);
         }
+        let limit = *config.pool.max_distinct_prepared_statements.get_ref();
+        let registry = match previous {
+            Some(previous) => {
+                previous.registry.set_limit(limit);
+                previous.registry.clone()
+            }
+            None => Arc::new(Registry::new(limit)),
+        };
         Shared {
             pools: Pools::new(&config, previous.map(|p| &p.pools), stats),
             checks,
             router: Arc::new(Router::new(&config, topology.clone())),
-            registry: previous.map_or_else(Default::default, |p| p.registry.clone()),
+            registry,
             topology,
             config,
         }

@@ -33,6 +33,10 @@ pub enum ProtocolError {
     /// PostgreSQL's own words for a type byte it does not know.
     #[error("invalid frontend message type {tag}")]
     UnknownMessage { tag: u8 },
+    /// A message that would make pgrouter hold more than a configured
+    /// bound allows (`what` in the plural).
+    #[error("too many {what}: the limit is {max}")]
+    TooMany { what: &'static str, max: usize },
 }
 
 /// Reads a big-endian `i32` at `at`; callers guarantee four bytes are there.

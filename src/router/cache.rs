@@ -7,6 +7,10 @@
 //! A full shard evicts one entry chosen by CLOCK (second chance): every hit
 //! marks its entry, and the clock hand passes over marked entries once,
 //! clearing the mark, before evicting an unmarked one.
+//!
+//! Long texts are keyed by a 128-bit digest of their literal-free text
+//! rather than the text itself, so that an entry stays small however long
+//! the text; a text cannot start with NUL, so no digest key equals a text.
 
 use foldhash::fast::RandomState;
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use parking_lot::Mutex;
 use super::classify::{classify, Classification};
 use super::fingerprint::literal_free;
 
-/// Texts longer than this are classified every time and never cached, so
+/// Texts longer than this are cached under a digest of their text, so
 /// that a few huge texts (bulk INSERTs) cannot make the cache huge.
 pub const MAX_CACHED_LEN: usize = 16 * 1024;
 
@@ -40,9 +44,16 @@ pub struct ClassCache {
     /// hashes the text twice, on every query.
     shard_hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
+    /// Two independently seeded hashes make a long text's 128-bit digest.
+    digest: [RandomState; 2],
     hits: AtomicU64,
     misses: AtomicU64,
 }
+
+/// What a text is cached under, for a classification made elsewhere (see
+/// [`ClassCache::get`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
 
 struct Shard {
     /// Text -> index in `slots`.
@@ -78,6 +89,7 @@ impl ClassCache {
         ClassCache {
             shard_hasher: RandomState::default(),
             shards,
+            digest: [RandomState::default(), RandomState::default()],
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -88,8 +100,10 @@ impl ClassCache {
     /// first to insert wins and both return its `Arc`.
     pub fn get_or_classify(&self, sql: &str) -> Arc<Classification> {
         if sql.len() > MAX_CACHED_LEN {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return Arc::new(classify(sql));
+            return match self.get(sql) {
+                Ok(value) => value,
+                Err(key) => self.insert(&key, Arc::new(classify(sql))),
+            };
         }
         KEY.with_borrow_mut(|key| {
             let key = if literal_free(sql, key) {
@@ -108,13 +122,63 @@ impl ClassCache {
         })
     }
 
+    /// The cached classification of `sql`, or the key to cache it under
+    /// once it is made (elsewhere: see `router::classifier`).
+    pub fn get(&self, sql: &str) -> Result<Arc<Classification>, Key> {
+        let found = if sql.len() > MAX_CACHED_LEN {
+            let key = self.long_key(sql);
+            self.shard(&key.0).lock().get(&key.0).ok_or(key)
+        } else {
+            KEY.with_borrow_mut(|buffer| {
+                let key = if literal_free(sql, buffer) {
+                    buffer.as_str()
+                } else {
+                    sql
+                };
+                self.shard(key)
+                    .lock()
+                    .get(key)
+                    .ok_or_else(|| Key(key.to_owned()))
+            })
+        };
+        let counter = if found.is_ok() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Caches `value` under `key` unless something is cached there
+    /// already; returns what is cached.
+    pub fn insert(&self, key: &Key, value: Arc<Classification>) -> Arc<Classification> {
+        self.shard(&key.0).lock().insert(&key.0, value)
+    }
+
+    /// A long text's key: a digest of its literal-free text.
+    fn long_key(&self, sql: &str) -> Key {
+        let mut free = String::new();
+        let text = if literal_free(sql, &mut free) {
+            free.as_str()
+        } else {
+            sql
+        };
+        let [a, b] = &self.digest;
+        Key(format!(
+            "\0{:016x}{:016x}",
+            a.hash_one(text),
+            b.hash_one(text)
+        ))
+    }
+
     /// Replaces what is cached for `sql` (e.g. a read found to write).
     pub fn replace(&self, sql: &str, value: Arc<Classification>) {
-        if sql.len() > MAX_CACHED_LEN {
-            return;
-        }
         let mut key = String::new();
-        let sql = if literal_free(sql, &mut key) {
+        let sql = if sql.len() > MAX_CACHED_LEN {
+            key = self.long_key(sql).0;
+            key.as_str()
+        } else if literal_free(sql, &mut key) {
             key.as_str()
         } else {
             sql
@@ -130,6 +194,11 @@ impl ClassCache {
                 shard.insert(sql, value);
             }
         }
+    }
+
+    /// The most texts it holds.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().capacity).sum()
     }
 
     /// Number of cached texts.
@@ -272,11 +341,19 @@ mod tests {
     }
 
     #[test]
-    fn long_texts_are_not_cached() {
+    fn long_texts_are_cached_under_a_digest() {
         let cache = ClassCache::new(8);
         let long = format!("SELECT 1{}", ", 1".repeat(MAX_CACHED_LEN / 3));
         assert_eq!(cache.get_or_classify(&long).kind, Kind::Read);
-        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&long).is_ok());
+        let cached = cache.get(&long.replace(", 1", ", 2"));
+        assert!(cached.is_ok(), "literals do not change the key");
+        let stored = cache.shards.iter().find_map(|s| {
+            let shard = s.lock();
+            shard.slots.first().map(|slot| slot.text.len())
+        });
+        assert_eq!(stored, Some(33), "the entry holds the digest, not the text");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 mod fallback;
 mod functions;
+mod head;
 mod piece;
 mod scan;
 mod statement;
@@ -40,6 +41,7 @@ mod tests;
 pub use functions::{
     READ_ONLY_BUILTIN_PREFIXES, READ_ONLY_VOLATILE_BUILTINS, SQL_SYNTAX_FUNCTIONS,
 };
+pub use head::{NOT_PARSED_YET, TOO_LONG};
 pub use piece::{MAX_BRACKET_DEPTH, MAX_EXPR_DEPTH, MAX_PARSE_LEN, PARSER_RECURSION_LIMIT};
 
 /// A routing hint from a `/* pgrouter: primary */` (or `-- pgrouter: replica`)
@@ -151,6 +153,39 @@ pub fn classify(sql: &str) -> Classification {
         hint: scan.hint,
         statements: kinds.len(),
         session: session_state(&kinds),
+    }
+}
+
+/// The verdict on a long text while its parse is pending: each statement
+/// the lexical pass finds, judged by its leading words (see [`head`]),
+/// hints honoured. Linear in the text and never a read.
+pub fn classify_unparsed(sql: &str) -> Classification {
+    let scan = scan::scan(sql);
+    let kinds: Vec<Kind> = scan
+        .pieces
+        .iter()
+        .map(|piece| head::verdict(piece.text, true, NOT_PARSED_YET))
+        .collect();
+    Classification {
+        kind: combine(&kinds),
+        functions: Vec::new(),
+        hint: scan.hint,
+        statements: kinds.len(),
+        session: session_state(&kinds),
+    }
+}
+
+/// The verdict on a text too long to read at all: its first keyword
+/// only (see [`head`]), no hint. It counts as two statements, since it may
+/// hold several: nothing done for a lone statement only (replaying a SET,
+/// answering a BEGIN) applies to it.
+pub fn classify_too_long(sql: &str) -> Classification {
+    Classification {
+        kind: head::verdict(sql, false, TOO_LONG),
+        functions: Vec::new(),
+        hint: None,
+        statements: 2,
+        session: None,
     }
 }
 

@@ -48,7 +48,8 @@ pub async fn explain_route(
 ) -> [String; 4] {
     // A copy: explaining must not change what the session will do.
     let mut session = session.clone();
-    let class = router.classify(statement);
+    // Awaited: a long text is explained as it will route once parsed.
+    let class = router.classify_async(statement).await;
     let decision = match mode {
         PoolMode::Session => router.session_node(&session, client),
         // What the statement would meet now: explaining never waits out

@@ -1,11 +1,18 @@
 //! Whether a function called in a SELECT may write, from pg_proc's
-//! volatility, looked up once per name on the primary and remembered.
+//! volatility, looked up on the primary and remembered for a while.
+//!
+//! Names come from clients' SQL, so what is remembered is bounded: at most
+//! `function_cache_size` names (names that do not exist included: pg_proc
+//! says nothing of them, and they count as writing), each for
+//! `function_cache_ttl`, after which the next statement calling it looks
+//! it up again, so that an `ALTER FUNCTION ... STABLE` is noticed.
 
 use crate::config::Config;
 use crate::topology::Topology;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
 const LOOKUP: &str = "SELECT coalesce(bool_or(p.provolatile = 'v'), true) \
@@ -23,8 +30,7 @@ struct Login {
 pub struct Functions {
     writes: HashSet<String>,
     reads: HashSet<String>,
-    /// name as written -> may write
-    known: RwLock<HashMap<Box<str>, bool>>,
+    known: KnownFunctions,
     login: Login,
     client: tokio::sync::Mutex<Option<Client>>,
 }
@@ -33,10 +39,11 @@ impl Functions {
     pub fn new(config: &Config) -> Functions {
         let lower = |names: &[String]| names.iter().map(|n| n.to_lowercase()).collect();
         let user = config.monitor_user();
+        let routing = &config.routing;
         Functions {
-            writes: lower(&config.routing.write_functions),
-            reads: lower(&config.routing.read_functions),
-            known: RwLock::new(HashMap::new()),
+            writes: lower(&routing.write_functions),
+            reads: lower(&routing.read_functions),
+            known: KnownFunctions::new(routing.function_cache_size, routing.function_cache_ttl.0),
             login: Login {
                 addresses: config.nodes.iter().map(|n| n.address.clone()).collect(),
                 user: user.map(|u| u.name.get_ref().clone()).unwrap_or_default(),
@@ -57,7 +64,20 @@ impl Functions {
         if self.reads.contains(name) || self.reads.contains(unqualified) {
             return Some(false);
         }
-        self.known.read().get(name).copied()
+        self.known.get(name, Instant::now())
+    }
+
+    /// Names remembered now (expired ones included until they are
+    /// replaced) and the most there may be.
+    pub fn cached(&self) -> (usize, usize) {
+        (self.known.len(), self.known.capacity)
+    }
+
+    /// Lookups in pg_proc since start.
+    pub fn lookups(&self) -> u64 {
+        self.known
+            .lookups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether calling `name` may write: the config lists first, then
@@ -67,9 +87,12 @@ impl Functions {
         if let Some(known) = self.known(name) {
             return known;
         }
+        self.known
+            .lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.lookup(name, topology).await {
             Ok(volatile) => {
-                self.known.write().insert(name.into(), volatile);
+                self.known.insert(name, volatile, Instant::now());
                 volatile
             }
             Err(error) => {
@@ -117,5 +140,114 @@ impl Functions {
             let _ = connection.await;
         });
         Ok(client)
+    }
+}
+
+/// What pg_proc said of each name, for `ttl`, at most `capacity` names.
+struct KnownFunctions {
+    /// Name as written -> (may write, known until).
+    by_name: RwLock<HashMap<Box<str>, (bool, Instant)>>,
+    capacity: usize,
+    ttl: Duration,
+    lookups: std::sync::atomic::AtomicU64,
+}
+
+impl KnownFunctions {
+    fn new(capacity: usize, ttl: Duration) -> KnownFunctions {
+        KnownFunctions {
+            by_name: RwLock::new(HashMap::new()),
+            capacity,
+            ttl,
+            lookups: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, name: &str, now: Instant) -> Option<bool> {
+        let (may_write, until) = *self.by_name.read().get(name)?;
+        (now < until).then_some(may_write)
+    }
+
+    /// Remembers a lookup's answer. A full cache first drops what has
+    /// expired, then, if that was nothing, the entry closest to expiring
+    /// (the one looked up longest ago). Inserts follow a round trip to
+    /// the primary, so the scan of a full cache costs little beside it.
+    fn insert(&self, name: &str, may_write: bool, now: Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut by_name = self.by_name.write();
+        if by_name.len() >= self.capacity && !by_name.contains_key(name) {
+            by_name.retain(|_, (_, until)| now < *until);
+            if by_name.len() >= self.capacity {
+                let oldest = by_name
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(name, _)| name.clone());
+                if let Some(oldest) = oldest {
+                    by_name.remove(&oldest);
+                }
+            }
+        }
+        by_name.insert(name.into(), (may_write, now + self.ttl));
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.read().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_beyond_the_capacity_push_out_the_oldest() {
+        let cache = KnownFunctions::new(3, Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            cache.insert(name, i % 2 == 0, at(i as u64));
+        }
+        // Names that do not exist count too: 1000 more, never more than 3.
+        for i in 0..1000 {
+            cache.insert(&format!("nope{i}"), true, at(10 + i));
+            assert!(cache.len() <= 3);
+        }
+        assert_eq!(cache.get("a", at(2000)), None);
+        assert_eq!(cache.get("nope999", at(2000)), Some(true));
+        assert_eq!(cache.get("nope997", at(2000)), Some(true));
+    }
+
+    #[test]
+    fn an_answer_expires_after_the_ttl() {
+        let cache = KnownFunctions::new(10, Duration::from_secs(60));
+        let start = Instant::now();
+        cache.insert("f", false, start);
+        assert_eq!(cache.get("f", start + Duration::from_secs(59)), Some(false));
+        assert_eq!(cache.get("f", start + Duration::from_secs(60)), None);
+        // Looked up again (ALTER FUNCTION made it volatile): the new answer.
+        cache.insert("f", true, start + Duration::from_secs(61));
+        assert_eq!(cache.get("f", start + Duration::from_secs(62)), Some(true));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn expired_names_make_room_before_live_ones() {
+        let cache = KnownFunctions::new(2, Duration::from_secs(10));
+        let start = Instant::now();
+        cache.insert("old", true, start);
+        cache.insert("live", false, start + Duration::from_secs(8));
+        cache.insert("new", false, start + Duration::from_secs(11));
+        let now = start + Duration::from_secs(12);
+        assert_eq!(cache.get("live", now), Some(false));
+        assert_eq!(cache.get("new", now), Some(false));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn zero_capacity_remembers_nothing() {
+        let cache = KnownFunctions::new(0, Duration::from_secs(10));
+        cache.insert("f", false, Instant::now());
+        assert_eq!(cache.len(), 0);
     }
 }

@@ -6,19 +6,22 @@
 
 pub mod balance;
 pub mod cache;
+mod classifier;
 pub mod classify;
 pub mod explain;
 mod fingerprint;
 mod functions;
+mod offload;
 mod writes;
 
 use crate::config::{Config, Fallback, ReadYourWrites, Route};
 use crate::topology::{Lsn, Topology, WriteTarget};
 use balance::{Balancer, Candidate, NodeLoad};
-use cache::ClassCache;
+use classifier::Classifier;
 use classify::{Classification, Hint, Kind};
 pub use fingerprint::{first_keyword, first_keyword_at};
 use functions::Functions;
+pub use offload::OffloadStats;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,7 +191,7 @@ pub struct Router {
     topology: Arc<Topology>,
     balancer: Balancer,
     loads: Vec<NodeLoad>,
-    cache: ClassCache,
+    classifier: Classifier,
     functions: Functions,
     read_write_split: bool,
     primary_reads: bool,
@@ -209,7 +212,7 @@ impl Router {
         Router {
             balancer: Balancer::new(balance_policy(routing.balance), &weights),
             loads: config.nodes.iter().map(|_| NodeLoad::default()).collect(),
-            cache: ClassCache::new(routing.statement_cache_size),
+            classifier: Classifier::new(routing),
             functions: Functions::new(config),
             read_write_split: routing.read_write_split,
             primary_reads: routing.primary_reads,
@@ -245,8 +248,11 @@ impl Router {
     }
 
     /// The classification of a SQL text, parsed once and then cached.
+    /// Never parses a long text on this thread (see `classifier`): one
+    /// not classified yet is judged by its leading words, which sends it
+    /// to the primary, while a classify thread parses it for next time.
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
-        self.cache.get_or_classify(sql)
+        self.classifier.get(sql)
     }
 
     /// The classification of a SQL text in the client's encoding: `None`
@@ -254,6 +260,46 @@ impl Router {
     /// primary) and still reaches the server as sent.
     pub fn classify_bytes(&self, sql: &[u8]) -> Option<Arc<Classification>> {
         std::str::from_utf8(sql).ok().map(|sql| self.classify(sql))
+    }
+
+    /// As [`Router::classify`], but a long text not classified yet is
+    /// awaited from a classify thread (the runtime thread serves others
+    /// meanwhile). Afterwards `classify` finds it in the cache.
+    pub async fn classify_async(&self, sql: &str) -> Arc<Classification> {
+        self.classifier.get_async(sql).await
+    }
+
+    /// Whether a text of `len` bytes is parsed on a classify thread (when
+    /// not cached): what makes awaiting [`Router::classify_async`] before
+    /// the synchronous calls worth it. Shorter texts need no await (and
+    /// would be looked up twice).
+    pub fn parses_off_thread(&self, len: usize) -> bool {
+        self.classifier.parses_off_thread(len)
+    }
+
+    /// [`Router::classify_async`] of a text in the client's encoding.
+    pub async fn classify_bytes_async(&self, sql: &[u8]) -> Option<Arc<Classification>> {
+        match std::str::from_utf8(sql) {
+            Ok(sql) => Some(self.classify_async(sql).await),
+            Err(_) => None,
+        }
+    }
+
+    /// The classification cache, for the console.
+    pub fn class_cache(&self) -> &cache::ClassCache {
+        self.classifier.cache()
+    }
+
+    /// The classify threads' counters.
+    pub fn offload_stats(&self) -> OffloadStats {
+        self.classifier.offload_stats()
+    }
+
+    /// Function names whose volatility is remembered (and the most there
+    /// may be), and pg_proc lookups since start.
+    pub fn function_cache(&self) -> (usize, usize, u64) {
+        let (len, capacity) = self.functions.cached();
+        (len, capacity, self.functions.lookups())
     }
 
     /// Whether a statement may run on a replica that serves a read, known
@@ -277,7 +323,7 @@ impl Router {
         );
         let mut class = (*self.classify(sql)).clone();
         class.kind = Kind::Write(LEARNED_WRITE);
-        self.cache.replace(sql, Arc::new(class));
+        self.classifier.replace(sql, Arc::new(class));
     }
 
     fn primary(&self, reason: Reason, may_write: bool) -> Result<Decision, RouteError> {

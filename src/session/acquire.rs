@@ -489,9 +489,17 @@ impl Session {
             return Ok(false);
         }
         let router = self.shared.router.clone();
-        let statement = self.shared.registry.intern(parse.query, parse.types, || {
+        let interned = self.shared.registry.intern(parse.query, parse.types, || {
             router.classify_bytes(parse.query)
         });
+        let statement = match interned {
+            Ok(statement) => statement,
+            Err(full) => {
+                let code = sqlstate::CONFIGURATION_LIMIT_EXCEEDED;
+                self.reject_request(first, code, &full.to_string()).await?;
+                return Ok(true);
+            }
+        };
         self.statements.insert(parse.name, statement);
         self.in_buf.advance(first.len + 5);
         let status = self.stage.transaction().status();

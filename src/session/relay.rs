@@ -778,7 +778,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                 let router = self.router;
                 let statement = self.registry.intern(parse.query, parse.types, || {
                     router.classify_bytes(parse.query)
-                });
+                })?;
                 self.statements.insert(parse.name, statement.clone());
                 if held.contains(&statement.server_name) {
                     // The server has it: a Parse of the unnamed statement

@@ -152,6 +152,9 @@ impl Session {
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: pools.nodes[first].settings.mode,
             max_prepared: pools.nodes[first].settings.max_prepared_statements,
+            statements: ClientStatements::new(
+                pools.nodes[first].settings.max_client_prepared_statements,
+            ),
             settings: SessionSettings::new(identity.settings.clone()),
             route: SessionRoute {
                 setting: identity.route,
@@ -167,7 +170,6 @@ impl Session {
             cancel,
             stage: Stage::Waiting(Waiting::default()),
             retry_buf: BytesMut::new(),
-            statements: ClientStatements::default(),
             server_out: BytesMut::new(),
             received: 0,
         })

@@ -118,6 +118,7 @@ fn publish_once(control: &Control) {
             .set(count as f64);
         }
     }
+    publish_bounds(&shared);
     let topology = &shared.topology;
     for (index, node) in topology.nodes().iter().enumerate() {
         let name = node.name.to_string();
@@ -134,4 +135,20 @@ fn publish_once(control: &Control) {
             .absolute(node.false_primaries());
         counter!("pgrouter_node_bans_total", "node" => name).absolute(node.bans());
     }
+}
+
+/// What the structures keyed by client input hold (SHOW CACHES).
+fn publish_bounds(shared: &crate::control::Shared) {
+    let registry = &shared.registry;
+    gauge!("pgrouter_prepared_statements").set(registry.len() as f64);
+    counter!("pgrouter_prepared_statements_refused_total").absolute(registry.refused());
+    let router = &shared.router;
+    gauge!("pgrouter_classification_cache_entries").set(router.class_cache().len() as f64);
+    let (functions, _, lookups) = router.function_cache();
+    gauge!("pgrouter_function_cache_entries").set(functions as f64);
+    counter!("pgrouter_function_lookups_total").absolute(lookups);
+    let offload = router.offload_stats();
+    gauge!("pgrouter_classify_in_flight").set(offload.in_flight as f64);
+    counter!("pgrouter_classified_off_thread_total").absolute(offload.done);
+    counter!("pgrouter_classify_refused_total").absolute(offload.refused);
 }

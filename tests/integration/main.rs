@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod auth;
+mod bounds;
 mod cancel;
 mod cli;
 mod demo;
