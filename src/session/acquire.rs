@@ -46,6 +46,7 @@ impl Session {
                 Err(_) => return Err(End::Gone),
             }
         }
+        self.classify_long_texts(first).await;
         let Look {
             explain,
             class,
@@ -241,6 +242,37 @@ impl Session {
             };
         }
         look
+    }
+
+    /// Has the long SQL texts of the request classified off the runtime
+    /// thread before they are looked at (the look then finds them in the
+    /// cache): a long statement waits for its own parse, not every client.
+    async fn classify_long_texts(&self, first: Frame) {
+        let router = self.shared.router.clone();
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        let mut rest = &self.in_buf[..];
+        let mut frame = Some(first);
+        while let Some(f) = frame {
+            // The message's length bounds its text's: short requests (nearly
+            // all) cost no look at their bytes here.
+            let long = router.parses_off_thread(f.len);
+            if long && matches!(f.tag, frontend::QUERY | frontend::PARSE) {
+                let text = frontend::query_bytes(&rest[..f.len]).filter(|text| {
+                    router.parses_off_thread(text.len())
+                        && (router.splits() || transaction_mode && pin::may_change_session(text))
+                });
+                if let Some(text) = text {
+                    router.classify_bytes_async(text).await;
+                }
+            }
+            if matches!(f.tag, frontend::QUERY | frontend::SYNC) {
+                break;
+            }
+            rest = &rest[f.len..];
+            frame = frontend::session_frame(rest, self.max_message)
+                .ok()
+                .flatten();
+        }
     }
 
     /// The class of the whole extended-protocol request that starts with
