@@ -6,11 +6,13 @@
 //! connection, and relays between the two sockets itself.
 
 mod acquire;
+mod client_io;
 mod explain;
 mod inline_parse;
 mod login;
 mod pin;
 mod relay;
+mod release;
 mod serve;
 mod settings;
 mod stage;

@@ -20,7 +20,7 @@ use crate::prepared::{ClientStatements, Registry, Statement};
 use crate::protocol::answer::{judge, past_ready_for_query, Verdict};
 use crate::protocol::backend::STATUS_IDLE;
 use crate::protocol::extended;
-use crate::protocol::frontend::{self, Frame, BIND, CLOSE, DESCRIBE, FLUSH, PARSE, TERMINATE};
+use crate::protocol::frontend::{self, BIND, CLOSE, DESCRIBE, PARSE, TERMINATE};
 use crate::protocol::scan::Reply;
 use crate::protocol::ProtocolError;
 use crate::router::{Router, Target};
@@ -83,53 +83,6 @@ pub enum RelayEnd {
     /// error, so PostgreSQL would skip the rest up to the client's Sync.
     BatchMoved { failed: bool },
 }
-
-/// What the server connection may run besides the request it was checked
-/// out for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lease {
-    /// Anything the client sends: the primary, or a node the client chose
-    /// (a hint, `route`, a read-only transaction).
-    Any,
-    /// An autocommit read on a replica: only reads may follow on it. A
-    /// request that may write ends the lease and is routed on its own.
-    Reads,
-    /// An autocommit write on the primary: a request pipelined behind it
-    /// that only reads is routed on its own (it may belong on a replica);
-    /// anything else runs here.
-    Writes,
-}
-
-/// How far a read lease has got with a statement that must run elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Split {
-    /// Everything framed so far may run here.
-    No,
-    /// The next request must run elsewhere: framing stops, and the relay
-    /// ends when the server is idle.
-    BeforeRequest,
-    /// The next statement, inside a batch, must run elsewhere: the batch
-    /// so far gets a Sync of pgrouter's once everything framed is written.
-    CloseBatch,
-    /// pgrouter's Sync is sent: its ReadyForQuery, the server's last
-    /// reply, is cut.
-    CutReady,
-}
-
-/// See `Relay::next_request`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NextRequest {
-    /// Whole (through its Sync, or a Flush the client may wait at), and
-    /// it only reads.
-    Reads,
-    /// Not whole yet; what has arrived only reads.
-    Incomplete,
-    /// A statement of it may write.
-    MayWrite,
-}
-
-/// A ReadyForQuery: tag, length 5, status.
-const READY_FOR_QUERY_LEN: usize = 6;
 
 /// The name a client's Close of a statement is turned into: closing a
 /// statement that does not exist is not an error, and the server's own
@@ -451,147 +404,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         }
     }
 
-    /// The server answered pgrouter's Sync: once everything before its
-    /// ReadyForQuery has reached the client, it is cut, and the batch's
-    /// rest is left for the session to route.
-    fn cut_ready_for_query(&mut self, p: &mut Progress) -> Option<RelayEnd> {
-        let replies = &mut self.server.read_buf;
-        let tail = replies.len().checked_sub(READY_FOR_QUERY_LEN)?;
-        if p.written < tail {
-            return None;
-        }
-        if replies[tail..tail + 5] != [b'Z', 0, 0, 0, 5] {
-            let error = io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the server's last reply to a Sync was not ReadyForQuery",
-            );
-            return Some(RelayEnd::ServerFailed(error));
-        }
-        replies.clear();
-        p.written = 0;
-        p.split = Split::No;
-        Some(RelayEnd::BatchMoved {
-            failed: self.server.state.last_batch_failed(),
-        })
-    }
-
-    /// Whether a message may run on this lease. On a read lease, a request
-    /// that may write (all of it, as far as it has arrived) is left for the
-    /// session to route at a request boundary; inside a batch, the
-    /// statement that may write is. Only read leases pay for this look.
-    fn check_lease(&mut self, frame: Frame, p: &mut Progress) -> bool {
-        let state = &self.server.state;
-        if self.pinned.is_some() || (state.at_rest() && !state.is_idle()) {
-            // A pinned client keeps its connection for everything; inside a
-            // transaction every request belongs here, whatever it does, as
-            // on PostgreSQL.
-            p.first_request = false;
-            return true;
-        }
-        match self.lease {
-            Lease::Any => return true,
-            Lease::Writes => {
-                if self.server.state.in_batch() || std::mem::take(&mut p.first_request) {
-                    return true;
-                }
-                if self.next_request(p) == NextRequest::Reads {
-                    p.split = Split::BeforeRequest;
-                    return false;
-                }
-                return true;
-            }
-            Lease::Reads => {}
-        }
-        if !self.server.state.in_batch() {
-            // A new request: the session routed the first one as a whole,
-            // so its first statement reads.
-            if std::mem::take(&mut p.first_request) {
-                if frame.tag == PARSE {
-                    let message = &self.client_in[p.framed..p.framed + frame.len];
-                    if extended::statement_name(message) == Some("") {
-                        p.unnamed_reads = true;
-                    }
-                }
-                return true;
-            }
-            match self.next_request(p) {
-                NextRequest::MayWrite => {
-                    p.split = Split::BeforeRequest;
-                    return false;
-                }
-                // Wait for the rest, so that a batch whose write is on its
-                // way runs whole on the primary (the session waits alike).
-                NextRequest::Incomplete
-                    if self.client_in.len() - p.framed < super::serve::REQUEST_LOOKAHEAD =>
-                {
-                    return false;
-                }
-                _ => {}
-            }
-        }
-        p.first_request = false;
-        let message = &self.client_in[p.framed..p.framed + frame.len];
-        let mut unnamed = p.unnamed_reads;
-        if self.message_reads(message, &mut unnamed) {
-            p.unnamed_reads = unnamed;
-            return true;
-        }
-        p.split = if self.server.state.in_batch() {
-            Split::CloseBatch
-        } else {
-            Split::BeforeRequest
-        };
-        false
-    }
-
-    /// What the request at the front of the unframed bytes does, as far
-    /// as it has arrived (a Flush ends it: the client may wait there).
-    fn next_request(&self, p: &Progress) -> NextRequest {
-        let mut unnamed = p.unnamed_reads;
-        let mut rest = &self.client_in[p.framed..];
-        while let Ok(Some(next)) = frontend::frame(rest, self.max_message) {
-            if !self.message_reads(&rest[..next.len], &mut unnamed) {
-                return NextRequest::MayWrite;
-            }
-            if matches!(next.tag, frontend::SYNC | frontend::QUERY | frontend::FLUSH) {
-                return NextRequest::Reads;
-            }
-            rest = &rest[next.len..];
-        }
-        NextRequest::Incomplete
-    }
-
-    /// Whether one client message only reads. `unnamed`: whether the
-    /// unnamed statement reads, updated by a Parse of it.
-    fn message_reads(&self, message: &[u8], unnamed: &mut bool) -> bool {
-        let reads = |class: Option<&Arc<crate::router::classify::Classification>>| {
-            class.is_some_and(|class| self.router.reads_known(class))
-        };
-        match message.first().copied() {
-            Some(frontend::QUERY) => {
-                let text = frontend::query_bytes(message).unwrap_or_default();
-                reads(self.router.classify_bytes(text).as_ref())
-            }
-            Some(PARSE) => {
-                let text = frontend::query_bytes(message).unwrap_or_default();
-                let verdict = reads(self.router.classify_bytes(text).as_ref());
-                if extended::statement_name(message) == Some("") {
-                    *unnamed = verdict;
-                }
-                verdict
-            }
-            Some(BIND) => match extended::statement_name(message) {
-                Some("") => *unnamed,
-                Some(name) if self.rename_statements => {
-                    reads(self.statements.get(name).and_then(|s| s.class.as_ref()))
-                }
-                _ => false,
-            },
-            Some(frontend::FUNCTION_CALL) => false,
-            _ => true,
-        }
-    }
-
     /// The slow paths: cut the replies to pgrouter's own requests, then
     /// judge a guarded answer. Until both are done nothing is written to
     /// the client, so the held replies start at the front of the buffer.
@@ -745,107 +557,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         }
     }
 
-    /// Pins the client when a statement it sends inside a transaction
-    /// creates session state (the first statement of a request was
-    /// checked when it was routed).
-    fn session_effect(&self, message: &[u8]) -> pin::SessionEffect {
-        if message.first() == Some(&BIND) {
-            let class = extended::statement_name(message)
-                .and_then(|name| self.statements.get(name))
-                .and_then(|statement| statement.class.as_ref());
-            return class.map_or(pin::SessionEffect::None, |class| pin::effect(class, None));
-        }
-        let text = frontend::query_bytes(message).filter(|text| pin::may_change_session(text));
-        match text.and_then(|text| std::str::from_utf8(text).ok()) {
-            Some(sql) => pin::effect(&self.router.classify(sql), Some(sql)),
-            None => pin::SessionEffect::None,
-        }
-    }
-
-    /// Rewrites the message at the front of `client_in`, which names a
-    /// prepared statement, into `server_out`. Returns false when the
-    /// server must first be given the statement (the message stays).
-    fn rewrite_statement_message(
-        &mut self,
-        frame: Frame,
-        p: &mut Progress,
-    ) -> Result<bool, ProtocolError> {
-        let message = &self.client_in[..frame.len];
-        let held = &mut self.server.statements;
-        match frame.tag {
-            PARSE => {
-                let parse = extended::parse(message)?;
-                let router = self.router;
-                let statement = self.registry.intern(parse.query, parse.types, || {
-                    router.classify_bytes(parse.query)
-                })?;
-                self.statements.insert(parse.name, statement.clone());
-                if held.contains(&statement.server_name) {
-                    // The server has it: a Parse of the unnamed statement
-                    // gets the client its ParseComplete and creates nothing.
-                    extended::parse_message(self.server_out, "", parse.query, parse.types);
-                } else {
-                    extended::rename_statement(self.server_out, message, &statement.server_name)?;
-                }
-                held.touch(&statement.server_name);
-            }
-            CLOSE => {
-                if let Some(name) = extended::statement_name(message) {
-                    self.statements.remove(name);
-                }
-                extended::close_statement(self.server_out, CLOSED_STATEMENT);
-            }
-            _ => {
-                let statement = extended::statement_name(message)
-                    .and_then(|name| self.statements.get(name))
-                    .cloned();
-                let Some(statement) = statement else {
-                    // Unknown to this client: the server answers 26000, as
-                    // PostgreSQL would.
-                    self.server_out.extend_from_slice(message);
-                    return Ok(true);
-                };
-                // A statement whose Parse may yet be skipped is used only
-                // once that is known.
-                let unsettled = p.inline.is_pending_for(&statement.server_name);
-                if unsettled || !held.contains(&statement.server_name) {
-                    let at_rest = self.server.state.at_rest();
-                    if p.inline.is_pending() {
-                        // One at a time: have the server answer the last.
-                        if !at_rest && !std::mem::replace(&mut p.inline_flushed, true) {
-                            self.server_out.extend_from_slice(&[FLUSH, 0, 0, 0, 4]);
-                            self.server.state.on_client_message(FLUSH);
-                        }
-                        return Ok(false);
-                    }
-                    if at_rest {
-                        p.prepare = Some(statement);
-                        return Ok(false);
-                    }
-                    // Inside an open batch there is no quiet moment to
-                    // prepare in: it goes along, and its ParseComplete is
-                    // cut (see `InlineParse`).
-                    let position = self.server.state.parse_position();
-                    let received = self.server.read_buf.len();
-                    if p.inline
-                        .push(statement.server_name.clone(), position, received)
-                    {
-                        self.server_out.extend_from_slice(&statement.parse);
-                        self.server.state.on_client_message(PARSE);
-                        self.server.statements.touch(&statement.server_name);
-                    }
-                } else {
-                    self.server.statements.touch(&statement.server_name);
-                }
-                extended::rename_statement(self.server_out, message, &statement.server_name)?;
-                if frame.tag == BIND {
-                    p.last_bound = Some(statement);
-                }
-            }
-        }
-        Ok(true)
-    }
-
     fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let server = &mut *self.server;
         server.read_buf.reserve(READ_CHUNK);
@@ -877,6 +588,14 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
         Poll::Ready(Ok(()))
     }
 }
+
+#[path = "relay_lease.rs"]
+mod lease;
+#[path = "relay_statements.rs"]
+mod statements;
+
+pub use lease::Lease;
+use lease::{Split, READY_FOR_QUERY_LEN};
 
 #[cfg(test)]
 #[path = "relay_tests.rs"]

@@ -3,36 +3,34 @@
 //! (transaction mode) or the session (session mode) ends, and give the
 //! connection back clean.
 
-use super::pin;
 use super::relay::{Lease, Relay, RelayEnd};
 use super::settings::SessionSettings;
 use super::stage::{PendingSetting, Serving, Stage, Waiting};
 use crate::client::{send_welcome, ClientError, Identity};
-use crate::clients::{Attention, ClientInfo, ClientState, Registration};
+use crate::clients::{Attention, ClientInfo, Registration};
 use crate::config::{Pinning, PoolMode, ReadYourWrites};
 use crate::control::{Control, Shared};
-use crate::pool::{Pool, PoolSet, PooledServer};
+use crate::pool::PoolSet;
 use crate::prepared::ClientStatements;
 use crate::protocol::backend::{self, sqlstate, Severity};
 use crate::protocol::frontend::{self, Frame};
 use crate::router::{Decision, Reason, Router, SessionRoute, SessionWrites, Target};
-use crate::server::{prepared, reset, AppliedSettings, ServerError};
+use crate::server::{prepared, AppliedSettings, ServerError};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const READ_CHUNK: usize = 8 * 1024;
 /// How much of an unfinished extended-protocol request is read before it
 /// is routed by what has arrived (see `read_request`).
 pub(super) const REQUEST_LOOKAHEAD: usize = 256 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the CancelRequest for an abandoned request may take.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Session {
     pub(super) control: Arc<Control>,
@@ -61,7 +59,7 @@ pub struct Session {
     server_out: BytesMut,
     max_prepared: usize,
     /// Bytes read from the client and not yet counted (see `Relay`).
-    received: u64,
+    pub(super) received: u64,
 }
 
 /// Why `wait_for_client` returned.
@@ -126,7 +124,9 @@ impl Session {
         }
         if let Some(settings) = &identity.settings {
             let changes_identity = identity.startup_pin.is_some();
-            if let Err(error) = validate_settings(pool, settings, changes_identity).await {
+            if let Err(error) =
+                super::release::validate_settings(pool, settings, changes_identity).await
+            {
                 return Err((stream, error));
             }
         }
@@ -510,258 +510,12 @@ impl Session {
         self.next_request().await.map(Wait::Request)
     }
 
-    /// Waits for the client's next whole message while it holds no server
-    /// connection.
-    pub(super) async fn next_request(&mut self) -> Result<Frame, ClientError> {
-        loop {
-            if let Some(frame) = frontend::session_frame(&self.in_buf, self.max_message)? {
-                return Ok(frame);
-            }
-            self.read_more(0).await?;
-        }
-    }
-
-    /// Waits until the extended-protocol request at the front of the
-    /// client's buffer has arrived through its Sync, or through a Flush
-    /// (the client may wait for replies there), or has filled
-    /// `REQUEST_LOOKAHEAD`: routing judges what has arrived, and a batch
-    /// whose write is still on its way would be split.
-    pub(super) async fn read_request(&mut self) -> Result<(), ClientError> {
-        loop {
-            let mut at = 0;
-            while let Some(frame) = frontend::session_frame(&self.in_buf[at..], self.max_message)? {
-                at += frame.len;
-                if matches!(
-                    frame.tag,
-                    frontend::SYNC | frontend::FLUSH | frontend::QUERY | frontend::TERMINATE
-                ) {
-                    return Ok(());
-                }
-            }
-            if self.in_buf.len() >= REQUEST_LOOKAHEAD {
-                return Ok(());
-            }
-            self.read_more(at).await?;
-        }
-    }
-
-    /// Reads what the client sent next; `at`: where the first message not
-    /// yet whole starts, for room to be made for all of it.
-    async fn read_more(&mut self, at: usize) -> Result<(), ClientError> {
-        self.stream.readable().await?;
-        let partial = &self.in_buf[at..];
-        let want = match frontend::declared_len(partial, self.max_message)? {
-            Some(len) => super::relay::reservation(len, partial.len()),
-            None => READ_CHUNK,
-        };
-        self.in_buf.reserve(want);
-        // read_buf, not try_read_buf: a short read tells tokio the
-        // socket is drained, which saves the relay a read that would
-        // only say WouldBlock (one syscall per transaction).
-        match self.stream.read_buf(&mut self.in_buf).await {
-            Ok(0) => Err(ClientError::Closed),
-            Ok(n) => {
-                self.received += n as u64;
-                Ok(())
-            }
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Answers the rest of the client's request (up to its Sync) with an
-    /// error, as PostgreSQL skips a failed batch, while holding a server.
-    async fn fail_request(&mut self, code: &str, message: &str, status: u8) -> Result<(), End> {
-        crate::stats::count_error(code.as_bytes());
-        let mut out = BytesMut::new();
-        backend::error_response(&mut out, Severity::Error, code, message);
-        let mut out = self.skip_batch(None, out).await?;
-        backend::ready_for_query(&mut out, status);
-        self.write(&out).await
-    }
-
-    /// Skips the client's messages as PostgreSQL does after an error in
-    /// a batch: through the next Sync (only the Query itself, when `first`
-    /// is one). `out`, the answer so far, is sent when the client asks
-    /// with a Flush, and returned for the ReadyForQuery to follow.
-    pub(super) async fn skip_batch(
-        &mut self,
-        first: Option<Frame>,
-        mut out: BytesMut,
-    ) -> Result<BytesMut, End> {
-        let mut next = first;
-        loop {
-            let frame = match next.take() {
-                Some(frame) => frame,
-                None => match self.next_request().await {
-                    Ok(frame) if frame.tag == frontend::TERMINATE => return Err(End::Terminated),
-                    Ok(frame) => frame,
-                    Err(ClientError::Protocol(error)) => {
-                        return Err(End::Protocol(error.to_string()))
-                    }
-                    Err(_) => return Err(End::Gone),
-                },
-            };
-            bytes::Buf::advance(&mut self.in_buf, frame.len);
-            let query_request = frame.tag == frontend::QUERY && first == Some(frame);
-            if query_request || frame.tag == frontend::SYNC {
-                return Ok(out);
-            }
-            if frame.tag == frontend::FLUSH {
-                // The client may wait for replies before it sends Sync.
-                self.write(&out).await?;
-                out.clear();
-            }
-        }
-    }
-
-    /// Ends a locally answered request with ReadyForQuery.
-    async fn answer_ready(&mut self, mut out: BytesMut) -> Result<(), End> {
-        backend::ready_for_query(&mut out, self.stage.transaction().status());
-        self.write(&out).await
-    }
-
-    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        self.stream.write_all(bytes).await.map_err(|_| End::Gone)
-    }
-
-    fn give_back(&mut self, server: PooledServer) {
-        self.cancel.slot.set(None, None);
-        self.cancel.slot.set_state(ClientState::Idle);
-        Pool::release(server);
-    }
-
-    /// Closes the held server connection: it failed or may hold the
-    /// leftovers of a request that is being run elsewhere (`retry`: the
-    /// request is run again, once, and not guarded the second time).
-    fn drop_server(&mut self, retry: bool) {
-        if let Some(Serving {
-            mut server,
-            request,
-            ..
-        }) = self.stage.stop_serving(retry)
-        {
-            self.shared
-                .router
-                .finished(request.decision.node, request.started);
-            server.mark_broken();
-            self.give_back(server);
-        }
-    }
-
-    /// Gives back the server connection of a client that has gone: rolled
-    /// back and, in session mode, reset; closed when that is not possible.
-    async fn cleanup(&mut self, abandoned: bool) {
-        self.cancel.slot.set(None, None);
-        let Some(Serving {
-            mut server,
-            request,
-            pinned,
-            pending_setting,
-            ..
-        }) = self.stage.stop_serving(false)
-        else {
-            return;
-        };
-        if pending_setting.is_some() {
-            // A SET or RESET the client did not wait for may have run.
-            server.settings = AppliedSettings::Unknown;
-        }
-        if abandoned && (server.state.awaiting_ready() || server.state.in_batch()) {
-            // Nobody waits for what runs: stop it rather than let it run
-            // on (and hold a backend) after the client has gone.
-            let target = server.cancel_target().clone();
-            match tokio::time::timeout(CANCEL_TIMEOUT, target.cancel()).await {
-                Ok(Ok(())) => {
-                    tracing::debug!(server = server.id(), "cancelled an abandoned request")
-                }
-                _ => tracing::info!(server = server.id(), "cannot cancel an abandoned request"),
-            }
-        }
-        self.shared
-            .router
-            .finished(request.decision.node, request.started);
-        if pinned.is_some_and(pin::changes_identity) {
-            // Who the session is may outlive any reset query: the
-            // connection is never handed on.
-            tracing::debug!(
-                server = server.id(),
-                "closing a connection whose identity changed"
-            );
-            server.mark_broken();
-            Pool::release(server);
-            return;
-        }
-        // A pinned client left session state on its connection: it is
-        // reset like a session-mode connection before anyone else gets it.
-        let reset_query = match (self.mode, pinned) {
-            (PoolMode::Session, _) | (_, Some(_)) => Some(server_reset_query(&self.pools)),
-            (PoolMode::Transaction, None) => None,
-        };
-        let cleaned = tokio::time::timeout(
-            CLEANUP_TIMEOUT,
-            reset::clean(&mut server, reset_query.as_deref()),
-        );
-        match cleaned.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::info!(server = server.id(), %error, "closing server connection left dirty");
-                server.mark_broken();
-            }
-            Err(_) => {
-                tracing::warn!(server = server.id(), "server connection clean-up timed out");
-                server.mark_broken();
-            }
-        }
-        Pool::release(server);
-    }
-
     pub(super) async fn send_error(&mut self, severity: Severity, code: &str, message: &str) {
         crate::stats::count_error(code.as_bytes());
         let mut out = BytesMut::new();
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;
     }
-}
-
-/// Checks a client's startup settings against a server once, as
-/// PostgreSQL checks them at login: a value it refuses is a FATAL with its
-/// SQLSTATE now, not an error on every request later.
-async fn validate_settings(
-    pool: &Pool,
-    settings: &Arc<str>,
-    changes_identity: bool,
-) -> Result<(), ClientError> {
-    if pool.settings_validated(settings) {
-        return Ok(());
-    }
-    let mut server = pool
-        .checkout()
-        .await
-        .map_err(|error| ClientError::fatal(error.sqlstate(), error.to_string()))?;
-    let applied = super::acquire::apply_settings(&mut server, &Some(settings.clone())).await;
-    let outcome = match applied {
-        Ok(()) => {
-            pool.settings_accepted(settings);
-            Ok(())
-        }
-        Err(ServerError::Rejected { code, message }) => {
-            Err(ClientError::fatal_owned(code, message))
-        }
-        Err(error) => {
-            server.mark_broken();
-            Err(ClientError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                error.to_string(),
-            ))
-        }
-    };
-    if changes_identity {
-        // A role set at startup survives RESET ALL: the connection that
-        // checked it is not handed on.
-        server.mark_broken();
-    }
-    Pool::release(server);
-    outcome
 }
 
 /// What else a server connection checked out for this decision may run.
@@ -771,12 +525,4 @@ fn lease_of(decision: &Decision) -> Lease {
         (Target::Primary, Reason::Write(_) | Reason::WriteFunction) => Lease::Writes,
         _ => Lease::Any,
     }
-}
-
-fn server_reset_query(pools: &PoolSet) -> String {
-    pools
-        .nodes
-        .first()
-        .map(|pool| pool.settings.reset_query.clone())
-        .unwrap_or_default()
 }
