@@ -108,6 +108,9 @@ pub struct PoolDefaults {
     pub min_connections: Spanned<usize>,
     pub max_connections: Spanned<usize>,
     pub checkout_timeout: Duration,
+    /// A client idle inside a transaction longer than this is closed with
+    /// FATAL 25P03 and its transaction rolled back; 0 turns it off.
+    pub idle_transaction_timeout: Duration,
     pub server_idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub server_connect_timeout: Duration,
@@ -152,6 +155,7 @@ impl Default for PoolDefaults {
             min_connections: Spanned::new(0..0, 0),
             max_connections: Spanned::new(0..0, 20),
             checkout_timeout: secs(5),
+            idle_transaction_timeout: secs(0),
             server_idle_timeout: secs(600),
             server_lifetime: secs(3600),
             server_connect_timeout: secs(5),
@@ -255,6 +259,7 @@ pub struct DatabaseConfig {
     pub min_connections: Option<Spanned<usize>>,
     pub max_connections: Option<Spanned<usize>>,
     pub checkout_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
     pub reset_query: Option<String>,
     /// Pins this database's traffic to the primary or the replicas.
     #[serde(default)]
@@ -269,6 +274,8 @@ pub struct PoolSettings {
     pub min_connections: usize,
     pub max_connections: usize,
     pub checkout_timeout: std::time::Duration,
+    /// Zero: off.
+    pub idle_transaction_timeout: std::time::Duration,
     pub server_idle_timeout: std::time::Duration,
     pub server_lifetime: std::time::Duration,
     pub server_connect_timeout: std::time::Duration,
@@ -294,6 +301,10 @@ impl Config {
                 .unwrap_or(&defaults.max_connections)
                 .get_ref(),
             checkout_timeout: db.checkout_timeout.unwrap_or(defaults.checkout_timeout).0,
+            idle_transaction_timeout: db
+                .idle_transaction_timeout
+                .unwrap_or(defaults.idle_transaction_timeout)
+                .0,
             server_idle_timeout: defaults.server_idle_timeout.0,
             server_lifetime: defaults.server_lifetime.0,
             server_connect_timeout: defaults.server_connect_timeout.0,

@@ -65,6 +65,9 @@ pub enum RelayEnd {
     ClientGone,
     /// The client broke the protocol.
     ClientProtocol(ProtocolError),
+    /// The client sat inside a transaction, sending nothing, for
+    /// `idle_transaction_timeout`.
+    IdleInTransaction,
     /// The server's socket closed or failed, or it broke the protocol.
     ServerFailed(io::Error),
     /// Guarded: the server failed before any of its answer reached the
@@ -134,6 +137,8 @@ pub struct Relay<'a, C> {
     /// Set when a statement that may write is sent (a read lease sends
     /// none): read-your-writes must then start after this request.
     pub wrote: &'a mut bool,
+    /// `idle_transaction_timeout`, when on.
+    pub idle_in_transaction: Option<std::time::Duration>,
 }
 
 struct Progress {
@@ -165,6 +170,9 @@ struct Progress {
     unnamed_reads: bool,
     /// The request the session routed has not been looked at again.
     first_request: bool,
+    /// Armed while the client idles inside a transaction (only with
+    /// `idle_transaction_timeout` on).
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
@@ -186,6 +194,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
             // Parsed before this lease, perhaps by another client.
             unnamed_reads: false,
             first_request: true,
+            idle_timer: None,
         };
         let end = poll_fn(|cx| self.poll(cx, &mut progress)).await;
         self.count_bytes(&mut progress);
@@ -398,10 +407,35 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<'_, C> {
                 }
             }
 
+            if let Some(timeout) = self.idle_in_transaction {
+                if self.idles_in_transaction(p) {
+                    let timer = p
+                        .idle_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                        return Poll::Ready(RelayEnd::IdleInTransaction);
+                    }
+                } else {
+                    p.idle_timer = None;
+                }
+            }
+
             if !moved {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Inside a transaction with nothing in flight either way: the
+    /// client's turn, and it is taking it.
+    fn idles_in_transaction(&self, p: &Progress) -> bool {
+        let state = &self.server.state;
+        state.at_rest()
+            && !state.is_idle()
+            && p.framed == 0
+            && self.server_out.is_empty()
+            && self.client_in.is_empty()
+            && self.server.read_buf.is_empty()
     }
 
     /// The slow paths: cut the replies to pgrouter's own requests, then

@@ -95,6 +95,7 @@ impl Parts {
             rename_statements: true,
             lease,
             wrote: &mut self.wrote,
+            idle_in_transaction: None,
         }
     }
 }

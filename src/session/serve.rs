@@ -29,6 +29,8 @@ use tokio::net::TcpStream;
 pub(super) const REQUEST_LOOKAHEAD: usize = 256 * 1024;
 /// A clean-up that takes longer closes the server connection instead.
 pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLSTATE idle_in_transaction_session_timeout.
+const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
 /// How long the CancelRequest for an abandoned request may take.
 pub(super) const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,6 +60,8 @@ pub struct Session {
     /// Client messages rewritten for the server (see `Relay`).
     server_out: BytesMut,
     max_prepared: usize,
+    /// `idle_transaction_timeout`, when on.
+    idle_transaction_timeout: Option<Duration>,
     /// Bytes read from the client and not yet counted (see `Relay`).
     pub(super) received: u64,
 }
@@ -85,6 +89,9 @@ pub(super) enum End {
     Shutdown,
     /// The client has sent nothing for a while: it parks (see `serve`).
     Idle,
+    /// The client sat idle inside a transaction for
+    /// `idle_transaction_timeout`.
+    IdleInTransaction,
 }
 
 impl Session {
@@ -152,6 +159,7 @@ impl Session {
             max_message: shared.config.server.max_message_size.get_ref().0 as usize,
             mode: pools.nodes[first].settings.mode,
             max_prepared: pools.nodes[first].settings.max_prepared_statements,
+            idle_transaction_timeout: idle_timeout(&pools.nodes[first].settings),
             statements: ClientStatements::new(
                 pools.nodes[first].settings.max_client_prepared_statements,
             ),
@@ -240,6 +248,16 @@ impl Session {
         self.cleanup(abandoned).await;
         match end {
             End::Terminated | End::Gone | End::Idle => {}
+            End::IdleInTransaction => {
+                tracing::info!(peer = %self.peer, "closing a client idle in a transaction");
+                let message = "terminating connection due to idle-in-transaction timeout";
+                self.send_error(
+                    Severity::Fatal,
+                    IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                    message,
+                )
+                .await;
+            }
             End::Shutdown => {
                 let message = "terminating connection: pgrouter is shutting down";
                 self.send_error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, message)
@@ -311,6 +329,7 @@ impl Session {
                 rename_statements: self.mode == PoolMode::Transaction,
                 lease: lease_of(&decision),
                 wrote: &mut serving.wrote,
+                idle_in_transaction: self.idle_transaction_timeout,
             }
             .run()
             .await;
@@ -362,6 +381,7 @@ impl Session {
                 RelayEnd::ClientTerminated => return End::Terminated,
                 RelayEnd::ClientGone => return End::Gone,
                 RelayEnd::ClientProtocol(error) => return End::Protocol(error.to_string()),
+                RelayEnd::IdleInTransaction => return End::IdleInTransaction,
                 RelayEnd::ServerFailed(error) => {
                     self.drop_server(false);
                     return End::ServerFailed(error.to_string());
@@ -477,6 +497,7 @@ impl Session {
         let settings = &pools.nodes[0].settings;
         self.mode = settings.mode;
         self.max_prepared = settings.max_prepared_statements;
+        self.idle_transaction_timeout = idle_timeout(settings);
         self.max_message = shared.config.server.max_message_size.get_ref().0 as usize;
         self.pools = pools;
         self.shared = shared;
@@ -516,6 +537,11 @@ impl Session {
         backend::error_response(&mut out, severity, code, message);
         let _ = self.stream.write_all(&out).await;
     }
+}
+
+fn idle_timeout(settings: &crate::config::PoolSettings) -> Option<Duration> {
+    let timeout = settings.idle_transaction_timeout;
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 /// What else a server connection checked out for this decision may run.

@@ -432,3 +432,45 @@ async fn dead_servers_give_08006_and_the_pool_heals() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_is_closed_and_its_transaction_rolled_back() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("idle_tx").await;
+    let config = RouterConfig::new(cluster.primary(), &db)
+        .pool("max_connections = 1")
+        .pool("checkout_timeout = \"20s\"")
+        .pool("idle_transaction_timeout = \"500ms\"")
+        .build();
+    let router = Pgrouter::start(&config);
+    let setup = router.connect("app", APP_PASSWORD, &db).await;
+    setup.batch_execute("CREATE TABLE t (a int)").await.unwrap();
+    drop(setup);
+
+    let a = router.connect("app", APP_PASSWORD, &db).await;
+    a.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // A goes quiet holding the only connection; B is served once A's
+    // transaction has been ended for it.
+    let b = router.connect("app", APP_PASSWORD, &db).await;
+    let started = std::time::Instant::now();
+    let row = b
+        .query_one("SELECT count(*)::int4 FROM t", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0, "A's insert was rolled back");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "B waited for the idle transaction's timeout, not for A"
+    );
+    let error = a
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("A's connection was closed");
+    let code = error.as_db_error().map(|e| e.code().code().to_owned());
+    assert!(
+        code.as_deref() == Some("25P03") || error.is_closed(),
+        "A hears why, or finds its connection closed: {error:?}"
+    );
+}
