@@ -4,20 +4,9 @@
 //! thread every client shares). Each target gets the same texts, distinct
 //! even with their literals taken out, so none is classified from cache.
 
+use super::common::long_read;
 use super::targets::Target;
 use std::time::{Duration, Instant};
-
-/// A one-row read of about `len` bytes, distinct per `seed`.
-fn long_read(len: usize, seed: usize) -> String {
-    let mut sql = format!("SELECT 1 AS c{seed} WHERE 1 IN (1");
-    let mut i = 2;
-    while sql.len() < len {
-        sql.push_str(&format!(", {i}"));
-        i += 1;
-    }
-    sql.push(')');
-    sql
-}
 
 pub fn run(
     runtime: &tokio::runtime::Runtime,

@@ -90,3 +90,28 @@ pub async fn connect_str(conn: &str) -> tokio_postgres::Client {
         Err(e) => panic!("connect to `{conn}` failed: {e} ({e:?})"),
     }
 }
+
+/// A number from the environment, for test knobs (seeds, counts);
+/// `None` when unset, a panic naming it when it is not a number.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={value:?}: {e}")),
+    )
+}
+
+/// A read of about `len` bytes (one row); `seed` makes its text distinct
+/// even with the literals taken out (the classification cache's key).
+pub fn long_read(len: usize, seed: usize) -> String {
+    let mut sql = format!("SELECT 1 AS c{seed} WHERE 1 IN (1");
+    let mut i = 2;
+    while sql.len() < len {
+        sql.push_str(&format!(", {i}"));
+        i += 1;
+    }
+    sql.push(')');
+    sql
+}

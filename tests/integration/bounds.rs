@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::common::config::ADMIN_PASSWORD;
 use crate::common::console::rows;
 use crate::common::wire::{bind, execute, parse, query, sync, Conn, Msg};
-use crate::common::{eventually, Cluster, Pgrouter, RouterConfig};
+use crate::common::{eventually, long_read, Cluster, Pgrouter, RouterConfig};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -270,19 +270,6 @@ async fn past_max_distinct_prepared_statements_a_new_one_is_refused() {
     )
     .await;
     assert!(prepare_many(&mut second, 1000, 49).await.is_empty());
-}
-
-/// A read of about `len` bytes (one row); `seed` makes its text distinct
-/// even with the literals taken out (the classification cache's key).
-fn long_read(len: usize, seed: usize) -> String {
-    let mut sql = format!("SELECT 1 AS c{seed} WHERE 1 IN (1");
-    let mut i = 2;
-    while sql.len() < len {
-        sql.push_str(&format!(", {i}"));
-        i += 1;
-    }
-    sql.push(')');
-    sql
 }
 
 /// The worst latency of `SELECT 1` on its own connection while another

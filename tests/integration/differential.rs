@@ -69,6 +69,7 @@ const READ_DEADLINE: Duration = Duration::from_secs(3);
 // A deterministic generator (SplitMix64)
 // ---------------------------------------------------------------------------
 
+use crate::common::env_u64;
 use crate::common::rng::Rng;
 
 // ---------------------------------------------------------------------------
@@ -1165,16 +1166,6 @@ async fn check_seed(ctx: Arc<Context>, seed: u64) -> Result<(), Failure> {
         ));
     }
     Ok(())
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={value:?}: {e}")),
-    )
 }
 
 /// Creates the programs' tables in both databases, as the programs'

@@ -1051,16 +1051,6 @@ fn parallel() -> usize {
         .unwrap_or(PARALLEL)
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={value:?}: {e}")),
-    )
-}
-
 /// Runs every case with both ways of leaving; panics naming each variant
 /// in which B saw something of A's.
 async fn matrix(routing: Routing) {
@@ -1388,6 +1378,7 @@ async fn a_bad_startup_parameter_is_refused_at_login_as_postgres_refuses_it() {
 // Random sequences
 // ---------------------------------------------------------------------------
 
+use crate::common::env_u64;
 use crate::common::rng::Rng;
 
 /// How many kinds of statement [`random_step`] knows.
